@@ -1,0 +1,31 @@
+"""Concrete environments, and the registry that builds them by name.
+
+``ENVS`` maps an environment name to ``(module, Env class, TaskSource class)``; modules are
+imported only when asked for, so importing ``envs`` stays cheap and one environment's
+dependencies never load for another.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+ENVS: dict[str, tuple[str, str, str]] = {
+    "calculator": ("envs.calculator", "CalculatorEnv", "CalculatorTasks"),
+}
+
+
+def _load(name: str, index: int) -> Any:
+    if name not in ENVS:
+        raise ValueError(f"unknown environment {name!r}; known: {', '.join(sorted(ENVS))}")
+    entry = ENVS[name]
+    return getattr(importlib.import_module(entry[0]), entry[index])
+
+
+def make_env(name: str, **kwargs: Any) -> Any:
+    """A fresh Env instance of environment ``name`` (kwargs go to its constructor)."""
+    return _load(name, 1)(**kwargs)
+
+
+def make_tasks(name: str, **kwargs: Any) -> Any:
+    """The TaskSource of environment ``name`` (kwargs go to its constructor)."""
+    return _load(name, 2)(**kwargs)

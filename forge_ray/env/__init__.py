@@ -1,0 +1,1 @@
+"""Environments: the Env protocol and the registry of concrete environments in ``envs/``."""

@@ -1,0 +1,1 @@
+"""Model builders: locally constructed checkpoints for tests and smoke runs."""

@@ -1,0 +1,177 @@
+"""Weight sync from the learner to vLLM engines through vLLM's weight-transfer API.
+
+vLLM 0.32 applies new weights with ``start_weight_update`` / ``update_weights`` /
+``finish_weight_update`` and lets a backend decide how the bytes travel. Its built-in
+backends move CUDA memory (IPC, NCCL). On one host without a GPU the bytes travel inside the
+update message itself: ``host`` packs a bucket of tensors into one byte string, and the
+engine side unpacks it and loads it with the model's own ``load_weights`` inside vLLM's
+layer-wise reload, which re-runs the CPU kernels' weight post-processing.
+
+The backend is registered in every process that builds an engine: the vLLM plugin entry
+point (``vllm.general_plugins`` in setup.py) calls ``register`` in the engine-core process.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+BACKEND = "forge_host"
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def pack_tensors(names: list[str], tensors: list[Any]) -> dict[str, Any]:
+    """Pack CPU tensors into one ``update_info`` dict: names, dtypes, shapes and one byte
+    string holding them back to back."""
+    import torch
+
+    flat = [t.detach().to("cpu").contiguous().reshape(-1) for t in tensors]
+    raw = [f.view(torch.uint8) for f in flat]
+    data = torch.cat(raw).numpy().tobytes() if raw else b""
+    return {
+        "names": list(names),
+        "dtype_names": [str(t.dtype).removeprefix("torch.") for t in tensors],
+        "shapes": [list(t.shape) for t in tensors],
+        "data": data,
+    }
+
+
+def unpack_tensors(info: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Inverse of ``pack_tensors``: ``[(name, tensor)]`` viewing one buffer (no copies)."""
+    import torch
+
+    buf = torch.frombuffer(bytearray(info["data"]), dtype=torch.uint8) if info["data"] else None
+    out, offset = [], 0
+    for name, dtype_name, shape in zip(info["names"], info["dtype_names"], info["shapes"]):
+        dtype = getattr(torch, dtype_name)
+        numel = 1
+        for s in shape:
+            numel *= s
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        out.append((name, buf[offset : offset + nbytes].view(dtype).reshape(shape)))
+        offset += nbytes
+    return out
+
+
+def bucketize(named: list[tuple[str, Any]], bucket_bytes: int) -> list[list[tuple[str, Any]]]:
+    """Split ``(name, tensor)`` pairs into consecutive buckets of at most ``bucket_bytes``
+    (a tensor larger than the budget gets a bucket of its own)."""
+    buckets: list[list[tuple[str, Any]]] = [[]]
+    size = 0
+    for name, t in named:
+        n = t.numel() * t.element_size()
+        if buckets[-1] and size + n > bucket_bytes:
+            buckets.append([])
+            size = 0
+        buckets[-1].append((name, t))
+        size += n
+    return [b for b in buckets if b]
+
+
+def tensor_digest(t: Any) -> str:
+    """sha256 of a tensor's bytes: the per-tensor checksum the sync test compares."""
+    import torch
+
+    data = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+# vLLM fuses some Hugging Face projections into one parameter; to compare checksums the HF
+# side is fused the same way (concatenated along dim 0, in this order).
+_FUSED = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+}
+
+
+def fused_digests(hf_state: dict[str, Any]) -> dict[str, str]:
+    """Checksums of an HF state dict laid out under vLLM's fused parameter names."""
+    import torch
+
+    out: dict[str, str] = {}
+    consumed: set[str] = set()
+    for name in hf_state:
+        for fused, parts in _FUSED.items():
+            if f"{parts[0]}." in name:  # the first part names the fused tensor
+                sources = [name.replace(parts[0], p) for p in parts]
+                out[name.replace(parts[0], fused)] = tensor_digest(torch.cat([hf_state[s] for s in sources]))
+                consumed.update(sources)
+    out.update({n: tensor_digest(t) for n, t in hf_state.items() if n not in consumed})
+    return out
+
+
+def _engine_class():
+    """Build the vLLM-side engine class (vLLM imported only inside the engine process)."""
+    from vllm.distributed.weight_transfer.base import (
+        WeightTransferEngine,
+        WeightTransferInitInfo,
+        WeightTransferUpdateInfo,
+    )
+
+    @dataclass
+    class HostInitInfo(WeightTransferInitInfo):
+        pass
+
+    @dataclass
+    class HostUpdateInfo(WeightTransferUpdateInfo):
+        names: list[str]
+        dtype_names: list[str]
+        shapes: list[list[int]]
+        data: bytes
+
+    class HostWeightTransferEngine(WeightTransferEngine[HostInitInfo, HostUpdateInfo]):
+        init_info_cls = HostInitInfo
+        update_info_cls = HostUpdateInfo
+
+        def init_transfer_engine(self, init_info: HostInitInfo) -> None:
+            pass  # nothing to rendezvous with: the bytes arrive in each update
+
+        def start_weight_update(self) -> None:
+            from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+            initialize_layerwise_reload(self.model)
+
+        def finish_weight_update(self) -> None:
+            from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+            finalize_layerwise_reload(self.model, self.model_config)
+            _refresh_tied_head(self.model)
+
+        def update_weights(self, update_info: dict[str, Any]) -> None:
+            # The base class synchronises an accelerator afterwards; on CPU there is none.
+            self.receive_weights(self.parse_update_info(update_info))
+
+        def receive_weights(self, update_info: HostUpdateInfo) -> None:
+            self.model.load_weights(unpack_tensors(vars(update_info)))
+
+        def shutdown(self) -> None:
+            pass
+
+    return HostWeightTransferEngine
+
+
+def _refresh_tied_head(model: Any) -> None:
+    """Re-derive a tied LM head's kernel weights. With tied embeddings no checkpoint tensor
+    is named after the head, so the reload never revisits it, yet on CPU the head keeps its
+    own pre-packed copy of the embedding matrix: without this, logits use stale weights."""
+    head = getattr(model, "lm_head", None)
+    weight = getattr(head, "weight", None)
+    if weight is None or weight.numel() == 0:
+        return
+    tied = any(
+        m is not head and isinstance(getattr(m, "weight", None), type(weight)) and m.weight.data_ptr() == weight.data_ptr()
+        for m in model.modules()
+    )
+    if tied:
+        head.quant_method.process_weights_after_loading(head)
+
+
+def register() -> None:
+    """vLLM general-plugin hook: make the ``forge_host`` backend known to this process."""
+    from vllm.distributed.weight_transfer import WeightTransferEngineFactory
+
+    try:
+        WeightTransferEngineFactory.register_engine(BACKEND, _engine_class())
+    except ValueError:
+        pass  # already registered in this process

@@ -1,0 +1,138 @@
+"""The objects that cross actor boundaries.
+
+Everything a Ray actor sends or receives is one of these dataclasses: never a free-form dict.
+They hold plain Python values (lists of ints and floats, strings), so they pickle cheaply into
+the object store and import without torch.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Status(str, enum.Enum):
+    """How an episode ended. Only ``OK`` trajectories contribute loss."""
+
+    OK = "ok"
+    TRUNCATED = "truncated"  # hit max context or max turns
+    TIMED_OUT = "timed_out"  # hit the episode wall-clock limit
+    ENV_FAILURE = "env_failure"  # the environment crashed or raised
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prompt of an environment: what the agent is asked, and what the checker needs."""
+
+    id: str
+    env: str
+    messages: list[dict[str, Any]]  # chat messages (system / user) that open the episode
+    tools: list[dict[str, Any]]  # JSON-schema tool specs shown to the model
+    answer: Any = None  # gold data for the reward (env-specific, JSON-serialisable)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A parsed tool call: ``name`` and JSON ``arguments``."""
+
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One assistant turn as the environment sees it."""
+
+    text: str  # the decoded assistant text, without the end-of-turn marker
+    tool_calls: list[ToolCall]
+    parse_error: str | None = None  # set when the text held a malformed tool call
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What an environment answers to an action."""
+
+    messages: list[dict[str, Any]]  # observation messages (role "tool") to show the model
+    done: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One sampled assistant span inside ``Trajectory.tokens``: ``tokens[start:end]``."""
+
+    start: int
+    end: int
+    version: int  # policy version of the engine weights that sampled this turn
+    finish_reason: str  # "stop" or "length"
+
+
+@dataclass(frozen=True)
+class RewardBreakdown:
+    """A scored trajectory: total reward plus its named parts and optional per-turn rewards."""
+
+    total: float
+    parts: dict[str, float] = field(default_factory=dict)
+    per_turn: list[float] | None = None
+    error: str | None = None  # set when scoring failed; such a trajectory is masked
+
+
+@dataclass
+class Trajectory:
+    """A finished episode, token-in/token-out.
+
+    ``tokens`` is the full sequence (prompt, sampled turns, observations) exactly as the engine
+    saw it; ``logprobs`` holds the engine's logprob for sampled tokens and 0.0 elsewhere;
+    ``loss_mask`` is 1 on tokens the model sampled and 0 on prompt/tool/environment tokens.
+    """
+
+    task_id: str
+    group_id: str  # trajectories sharing a group id are GRPO siblings
+    sample_index: int
+    prompt_len: int
+    tokens: list[int]
+    logprobs: list[float]
+    loss_mask: list[int]
+    turns: list[Turn]
+    status: Status
+    messages: list[dict[str, Any]]  # decoded conversation, for logging and the checker
+    reward: RewardBreakdown | None = None
+    env_seconds: float = 0.0
+    gen_seconds: float = 0.0
+
+    @property
+    def versions(self) -> list[int]:
+        return [t.version for t in self.turns]
+
+    @property
+    def min_version(self) -> int:
+        return min(self.versions, default=-1)
+
+    @property
+    def num_sampled(self) -> int:
+        return sum(self.loss_mask)
+
+
+@dataclass(frozen=True)
+class TrajectoryMeta:
+    """What the buffer keeps about a trajectory whose payload lives in the object store."""
+
+    task_id: str
+    group_id: str
+    sample_index: int
+    min_version: int
+    status: Status
+    reward: float
+    num_tokens: int
+
+
+@dataclass(frozen=True)
+class WeightBucket:
+    """A slice of the model's parameters for weight sync, by name, as numpy-free tensors."""
+
+    version: int
+    index: int
+    count: int  # how many buckets make up this version
+    names: list[str]
+    tensors: list[Any]  # torch.Tensor on CPU, in ``names`` order

@@ -1,0 +1,77 @@
+"""The locally built tiny model: deterministic, tool-call friendly tokenizer, loadable by HF."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from forge_ray.models.tiny import TOOL_TOKENS, make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+def test_same_seed_same_bytes(tiny_dir, tmp_path):
+    again = make_tiny_model(tmp_path / "again", seed=0)
+    for name in ("tokenizer.json", "model.safetensors"):
+        assert (again / name).read_bytes() == (tiny_dir / name).read_bytes(), name
+    other = make_tiny_model(tmp_path / "other", seed=1)
+    assert (other / "model.safetensors").read_bytes() != (tiny_dir / "model.safetensors").read_bytes()
+
+
+def test_digits_are_single_tokens(tokenizer):
+    assert len(tokenizer.encode("12345", add_special_tokens=False)) == 5
+
+
+@pytest.mark.parametrize("token", ["<|im_end|>", *TOOL_TOKENS])
+def test_chat_and_tool_markers_are_one_token(tokenizer, token):
+    assert len(tokenizer.encode(token, add_special_tokens=False)) == 1
+
+
+def test_round_trip(tokenizer):
+    call = json.dumps({"name": "add", "arguments": {"a": 12, "b": 7}})
+    s = f"Let me add.\n<tool_call>{call}</tool_call>\n\n  x = 3.14159 * 2**10  # ünïcode ✓\n"
+    assert tokenizer.decode(tokenizer.encode(s, add_special_tokens=False)) == s
+
+
+def test_special_ids(tiny_dir, tokenizer):
+    from transformers import AutoConfig, GenerationConfig
+
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    assert tokenizer.bos_token is None
+    assert AutoConfig.from_pretrained(tiny_dir).eos_token_id == im_end
+    assert GenerationConfig.from_pretrained(tiny_dir).eos_token_id == im_end
+
+
+def test_chat_template_with_tools(tokenizer):
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}],
+        tools=[{"type": "function", "function": {"name": "add", "parameters": {}}}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert text.endswith("<|im_start|>assistant\n")
+    assert "<tools>" in text
+
+
+def test_model_loads_and_runs(tiny_dir, tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    assert model.config.vocab_size % 64 == 0 and model.config.vocab_size >= len(tokenizer)
+    ids = torch.tensor([tokenizer.encode("What is 12 plus 7?", add_special_tokens=False)])
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], model.config.vocab_size)
+    assert torch.isfinite(logits).all()
