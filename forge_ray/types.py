@@ -129,10 +129,21 @@ class TrajectoryMeta:
 
 @dataclass(frozen=True)
 class WeightBucket:
-    """A slice of the model's parameters for weight sync, by name, as numpy-free tensors."""
+    """One slice of the policy's weights on its way to the engines: ``payload`` is the
+    backend's ``update_info`` (names, dtypes, shapes and the packed bytes)."""
 
     version: int
     index: int
     count: int  # how many buckets make up this version
-    names: list[str]
-    tensors: list[Any]  # torch.Tensor on CPU, in ``names`` order
+    payload: dict[str, Any]
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One engine call: the sampled ids, their logprobs, and the weights that produced them."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" or "length"
+    version: int

@@ -1,0 +1,24 @@
+"""Evaluation: held-out success of a policy, measured by the same agent loop RL uses."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from forge_ray.types import Task
+
+
+async def evaluate(rollout: Any, tasks: list[Task], greedy: bool = True) -> dict[str, Any]:
+    """Play every task once on ``rollout``'s engines and score it with the environment's
+    checker: ``success`` is the mean outcome reward (format correct and answer correct)."""
+    trajs = await rollout.evaluate(tasks, greedy)
+    n = max(len(trajs), 1)
+    parts: Counter = Counter()
+    for t in trajs:
+        parts.update({k: v for k, v in (t.reward.parts if t.reward else {}).items()})
+    return {
+        "success": sum(t.reward.total for t in trajs if t.reward) / n,
+        "n": len(trajs),
+        **{f"{k}_rate": v / n for k, v in parts.items()},
+        "statuses": dict(Counter(t.status.value for t in trajs)),
+        "mean_turns": sum(len(t.turns) for t in trajs) / n,
+    }

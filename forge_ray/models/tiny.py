@@ -130,7 +130,7 @@ def synthetic_corpus(seed: int, n_lines: int = _CORPUS_LINES) -> list[str]:
     return [rng.choice(makers)(rng) for _ in range(n_lines)]
 
 
-def _train_tokenizer(seed: int, vocab_size: int, max_length: int):
+def _train_tokenizer(seed: int, vocab_size: int, max_length: int, corpus: list[str]):
     """Byte-level BPE with digits split one per token, wrapped as a transformers tokenizer."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -138,7 +138,7 @@ def _train_tokenizer(seed: int, vocab_size: int, max_length: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),  # "12345" -> 5 tokens: arithmetic-friendly
-        pre_tokenizers.ByteLevel(add_prefix_space=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),  # merges may span words: chat and JSON scaffolding compress to few tokens
     ])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -149,7 +149,7 @@ def _train_tokenizer(seed: int, vocab_size: int, max_length: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodable: lossless
         show_progress=False,
     )
-    tok.train_from_iterator(synthetic_corpus(seed), trainer=trainer)
+    tok.train_from_iterator(synthetic_corpus(seed) + list(corpus), trainer=trainer)
     # Non-special so decode(skip_special_tokens=True) keeps them for the tool-call parser.
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS])
     return PreTrainedTokenizerFast(
@@ -188,19 +188,22 @@ def make_tiny_model(
     num_kv_heads: int = 2,
     intermediate_size: int = 768,
     max_position: int = 2048,
+    corpus: list[str] = (),
 ) -> Path:
     """Build tokenizer + randomly initialised Qwen3 model into ``out_dir`` and return it.
 
     Deterministic in ``seed``. ``vocab_size`` is the tokenizer's size (an upper bound: the
     synthetic corpus supports ~2.2k tokens); the model's embedding table is the tokenizer's
-    size rounded up to a multiple of 64.
+    size rounded up to a multiple of 64. ``corpus`` adds in-domain documents (e.g. rendered
+    conversations of the target environment) so the tokenizer learns their merges: a tool
+    schema that costs 500 byte-level tokens then costs a fraction of that.
     """
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer(seed, vocab_size, max_position)
+    tokenizer = _train_tokenizer(seed, vocab_size, max_position, list(corpus))
     if len(tokenizer) < vocab_size:  # the corpus ran out of merges: smaller but still valid
         log.warning("tiny tokenizer has %d tokens, fewer than the %d asked for", len(tokenizer), vocab_size)
     tokenizer.save_pretrained(out)

@@ -85,20 +85,76 @@ _FUSED = {
 }
 
 
-def fused_digests(hf_state: dict[str, Any]) -> dict[str, str]:
-    """Checksums of an HF state dict laid out under vLLM's fused parameter names."""
+def _fused(hf_state: dict[str, Any]) -> dict[str, Any]:
+    """An HF state dict under vLLM's parameter names, fused projections concatenated."""
     import torch
 
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
     consumed: set[str] = set()
     for name in hf_state:
         for fused, parts in _FUSED.items():
             if f"{parts[0]}." in name:  # the first part names the fused tensor
                 sources = [name.replace(parts[0], p) for p in parts]
-                out[name.replace(parts[0], fused)] = tensor_digest(torch.cat([hf_state[s] for s in sources]))
+                out[name.replace(parts[0], fused)] = torch.cat([hf_state[s] for s in sources])
                 consumed.update(sources)
-    out.update({n: tensor_digest(t) for n, t in hf_state.items() if n not in consumed})
+    out.update({n: t for n, t in hf_state.items() if n not in consumed})
     return out
+
+
+def _probe_input(in_features: int, seed: int) -> Any:
+    import torch
+
+    return torch.randn(4, in_features, generator=torch.Generator().manual_seed(seed))
+
+
+# Fingerprints. On CPU, vLLM hands linear weights to oneDNN at load time and frees the
+# parameter, so the served bytes of a linear layer cannot be read back. Such a layer is
+# fingerprinted by its output on a fixed random input instead (compared with a tolerance);
+# every tensor that stays readable is compared by sha256 of its bytes.
+
+
+def learner_fingerprint(hf_state: dict[str, Any], seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Digest of every tensor and, for matrices, the probe output ``x @ W.T``."""
+    out = {}
+    for name, t in _fused(hf_state).items():
+        entry: dict[str, Any] = {"digest": tensor_digest(t)}
+        if t.dim() == 2:
+            entry["probe"] = (_probe_input(t.shape[1], seed) @ t.float().T).tolist()
+        out[name] = entry
+    return out
+
+
+def engine_fingerprint(worker: Any, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Runs inside vLLM's worker (via ``collective_rpc``): fingerprint the served weights."""
+    import torch
+
+    model = worker.model_runner.model
+    out = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.numel() > 0:
+                out[name] = {"digest": tensor_digest(p)}
+                continue
+            layer = model.get_submodule(name.rsplit(".", 1)[0])
+            x = _probe_input(layer.input_size, seed)
+            out[name] = {"probe": layer.cpu_linear(x, p, None).float().tolist()}
+    return out
+
+
+def compare_fingerprints(engine: dict, learner: dict, atol: float = 1e-4) -> list[str]:
+    """Names whose served weights differ from the learner's (empty list = equal)."""
+    import torch
+
+    bad = []
+    for name, e in engine.items():
+        ref = learner.get(name)
+        if ref is None:
+            bad.append(f"{name}: not in learner state")
+        elif "digest" in e and e["digest"] != ref["digest"]:
+            bad.append(f"{name}: digest {e['digest']} != {ref['digest']}")
+        elif "probe" in e and not torch.allclose(torch.tensor(e["probe"]), torch.tensor(ref["probe"]), atol=atol, rtol=1e-4):
+            bad.append(f"{name}: probe output differs")
+    return bad
 
 
 def _engine_class():

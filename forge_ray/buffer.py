@@ -1,0 +1,98 @@
+"""TrajectoryBuffer: the seam between rollout and training.
+
+An actor that holds only ObjectRefs and small metadata. Producers put each trajectory into
+the object store themselves and hand the buffer its ref; the learner takes complete GRPO
+groups. The buffer is bounded (``put`` waits while ``capacity`` groups are ready, which
+back-pressures the producers) and enforces ``max_staleness``: a group whose oldest turn lags
+the learner by more versions is handed back as stale so its prompt can be re-queued.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from forge_ray.types import TrajectoryMeta
+
+
+@dataclass
+class Group:
+    """The trajectories of one prompt: metadata and refs in sample order."""
+
+    task_id: str
+    group_id: str
+    metas: list[TrajectoryMeta] = field(default_factory=list)
+    refs: list[Any] = field(default_factory=list)
+
+    @property
+    def min_version(self) -> int:
+        return min(m.min_version for m in self.metas)
+
+    @property
+    def rewards(self) -> list[float]:
+        return [m.reward for m in self.metas]
+
+
+@dataclass
+class Taken:
+    """What ``take`` returns: groups to train on and groups too stale to train on."""
+
+    groups: list[Group]
+    stale: list[Group]
+
+
+class TrajectoryBuffer:
+    def __init__(self, group_size: int, max_staleness: int, capacity: int):
+        self.group_size = group_size
+        self.max_staleness = max_staleness
+        self.capacity = capacity
+        self._partial: dict[str, Group] = {}
+        self._ready: list[Group] = []
+        self._cond = asyncio.Condition()
+        self.counters = {"trajectories_in": 0, "groups_ready": 0, "groups_taken": 0, "groups_stale": 0}
+
+    async def put(self, meta: TrajectoryMeta, ref_box: list[Any]) -> None:
+        """Add one trajectory; ``ref_box`` is ``[ObjectRef]`` (boxed so Ray keeps it a ref)."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: len(self._ready) < self.capacity)
+            group = self._partial.setdefault(meta.group_id, Group(meta.task_id, meta.group_id))
+            group.metas.append(meta)
+            group.refs.append(ref_box[0])
+            self.counters["trajectories_in"] += 1
+            if len(group.metas) == self.group_size:
+                del self._partial[meta.group_id]
+                self._ready.append(group)
+                self.counters["groups_ready"] += 1
+                self._cond.notify_all()
+
+    async def take(self, n: int, version: int, timeout_s: float | None = None) -> Taken:
+        """Wait for ``n`` complete groups that are fresh enough for a learner at ``version``.
+        Stale groups met on the way are removed and returned separately."""
+        stale: list[Group] = []
+        taken: list[Group] = []
+
+        def fresh_ready() -> bool:
+            keep = []
+            for g in self._ready:
+                (stale if version - g.min_version > self.max_staleness else keep).append(g)
+            self._ready[:] = keep
+            return len(self._ready) >= n - len(taken)
+
+        async with self._cond:
+            try:
+                await asyncio.wait_for(self._cond.wait_for(fresh_ready), timeout_s)
+            except asyncio.TimeoutError:
+                pass  # hand over what is there; the caller decides
+            taken, self._ready[:] = self._ready[:n], self._ready[n:]
+            self.counters["groups_taken"] += len(taken)
+            self.counters["groups_stale"] += len(stale)
+            self._cond.notify_all()
+        return Taken(taken, stale)
+
+    def drain(self) -> list[Group]:
+        """Remove and return every complete group (checkpointing and shutdown)."""
+        ready, self._ready = self._ready, []
+        return ready
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counters, "ready": len(self._ready), "partial": len(self._partial)}

@@ -1,0 +1,206 @@
+"""Typed job configuration: one YAML per job, one section per role, two levels deep.
+
+    job = load_job("jobs/quickstart.yaml", overrides=["rl.steps=5", "rollout.temperature=0.8"])
+
+Every field is declared once, below, with its default and a comment. Unknown sections or keys,
+and values of the wrong type, raise ``ConfigError`` naming the key and the file. Nothing in a
+config is ever executed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A job file or override names an unknown key or holds a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    address: str = ""  # Ray address to join; "" starts an embedded local cluster
+    num_cpus: int = 0  # logical CPUs of the embedded cluster (0 = Ray's count); oversubscribe on small boxes
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto picks cuda when torch sees a GPU
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = ""  # Hugging Face folder of the starting policy; "" builds the tiny model
+    tiny_seed: int = 0  # seed of the tiny model when ``path`` is ""
+    tiny_layers: int = 4  # decoder layers of the tiny model
+    tiny_hidden: int = 256  # hidden size of the tiny model
+    dtype: Literal["float32", "bfloat16"] = "float32"  # learner and engine dtype
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    name: str = "calculator"  # environment in envs/ (see envs.ENVS)
+    train_tasks: int = 4000  # size of the RL prompt pool (train split)
+    eval_tasks: int = 200  # held-out tasks for evaluation
+    max_turns: int = 6  # tool turns before an episode is truncated
+    seed: int = 0  # task-generation seed
+    kwargs: dict = field(default_factory=dict)  # extra keyword arguments for the environment's task source
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    enabled: bool = True  # run the SFT warm start before RL
+    examples: int = 3000  # expert trajectories generated for SFT (train split)
+    epochs: int = 2  # passes over the SFT data
+    lr: float = 2e-3  # AdamW learning rate (cosine decay, 5% warm-up)
+    batch_size: int = 32  # sequences per optimizer step, over all workers
+    num_workers: int = 2  # Ray Train workers (FSDP2 ranks)
+    seed: int = 0  # data order and init seed
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    num_engines: int = 1  # vLLM engine actors
+    group_size: int = 8  # G: samples per prompt (a GRPO group)
+    batch_prompts: int = 16  # N: prompts issued per policy version (oversampling when > learner.batch_groups)
+    temperature: float = 1.0  # sampling temperature for RL rollouts (evaluation is greedy)
+    top_p: float = 1.0  # nucleus sampling for RL rollouts
+    max_new_tokens: int = 64  # tokens per assistant turn
+    max_context: int = 640  # tokens per episode (prompt + turns + observations); beyond it -> truncated
+    episode_timeout_s: float = 120.0  # wall-clock limit of one episode -> timed_out
+    kv_cache_mb: int = 512  # KV-cache memory per engine on CPU
+    gpu_memory_utilization: float = 0.5  # KV-cache share of GPU memory per engine (GPU only)
+    bucket_mb: int = 64  # weight-sync bucket size
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    turn_weight: float = 0.0  # weight of per-turn rewards added to the trajectory advantage (0 = outcome only)
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    num_workers: int = 2  # FSDP2 ranks (Ray actors in one placement group)
+    batch_groups: int = 16  # M: complete groups per update
+    micro_batch: int = 16  # sequences per forward/backward on one rank
+    lr: float = 2e-5  # AdamW learning rate (constant after warm-up)
+    warmup_steps: int = 0  # linear warm-up of the learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_clip: float = 1.0  # max global gradient norm
+    eps_low: float = 0.2  # lower PPO clip (1 - eps_low)
+    eps_high: float = 0.28  # upper PPO clip (1 + eps_high), asymmetric as in DAPO
+    tis_cap: float = 2.0  # truncated importance-sampling cap C on pi_train / pi_infer (0 disables)
+    drop_zero_variance: bool = True  # drop groups whose rewards are all equal (no signal)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"  # run name; the run directory is <root>/<name>-<timestamp>
+    root: str = "runs"  # parent of run directories
+    mode: Literal["async", "sync"] = "async"  # async: rollout and training overlap; sync: alternate
+    max_staleness: int = 1  # async: how many policy versions a trajectory may lag (sync forces 0)
+    steps: int = 40  # RL updates
+    seed: int = 0  # global seed
+    eval_greedy: bool = True  # evaluate with greedy decoding
+    wandb_project: str = "forge_ray"  # W&B project
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online iff WANDB_API_KEY is set
+    log_every: int = 1  # print a progress line every N steps
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a resolved field type hint, allowing int -> float."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(hint))}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    base = origin or hint
+    if base in (dict, list) and isinstance(value, base):
+        return value
+    if isinstance(base, type) and type(value) is base:
+        return value
+    raise ConfigError(f"{where}: expected {getattr(base, '__name__', base)}, got {value!r}")
+
+
+def build_job(sections: dict[str, Any], source: str = "<dict>") -> JobConfig:
+    """Build a ``JobConfig`` from nested dicts, naming ``source`` in every error."""
+    if not isinstance(sections, dict):
+        raise ConfigError(f"{source}: a job file must be a mapping of sections")
+    kinds = typing.get_type_hints(JobConfig)
+    built = {}
+    for name, body in sections.items():
+        if name not in kinds:
+            raise ConfigError(f"{source}: unknown section '{name}' (known: {', '.join(kinds)})")
+        cls = kinds[name]
+        body = body or {}
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: section '{name}' must be a mapping")
+        fields = typing.get_type_hints(cls)
+        values = {}
+        for key, value in body.items():
+            if key not in fields:
+                raise ConfigError(f"{source}: unknown key '{name}.{key}' (known: {', '.join(fields)})")
+            values[key] = _coerce(value, fields[key], f"{source}: {name}.{key}")
+        built[name] = cls(**values)
+    return JobConfig(**built)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``"section.field=value"`` -> (section, field, YAML-parsed value)."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not name:
+        raise ConfigError(f"--set {text!r}: expected section.field=value")
+    return section, name, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_job(path: str | Path | None, overrides: list[str] = ()) -> JobConfig:
+    """Read a job YAML (or defaults when ``path`` is None) and apply ``--set`` overrides."""
+    import yaml
+
+    sections: dict[str, Any] = {}
+    source = str(path) if path else "<defaults>"
+    if path:
+        try:
+            sections = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such job file") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(sections, dict):
+            raise ConfigError(f"{path}: a job file must be a mapping of sections")
+    sections = {k: dict(v or {}) if isinstance(v, dict) or v is None else v for k, v in sections.items()}
+    for text in overrides:
+        section, name, value = parse_override(text)
+        sections.setdefault(section, {})
+        if not isinstance(sections[section], dict):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping")
+        sections[section][name] = value
+    return build_job(sections, source if not overrides else f"{source} (with --set)")
+
+
+def dump_job(job: JobConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (the run directory's ``config.yaml``)."""
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(job.to_dict())), sort_keys=False))
+

@@ -1,0 +1,79 @@
+"""The one model builder for every trainer: FSDP2 (``fully_shard``) over a Hugging Face
+causal LM, gloo on CPU and NCCL on GPU. RL learner workers and Ray Train SFT both use it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, device: str) -> None:
+    """Join the trainer's process group (a no-op when already initialised, e.g. by Ray Train)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+    dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world_size)
+
+
+def build_model(path: str, dtype: str = "float32", device: str = "cpu") -> Any:
+    """Load ``path`` and shard it with FSDP2: each decoder layer, then the root."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        kwargs["attn_implementation"] = _gpu_attention()
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.to("cuda" if device == "cuda" else "cpu")
+    if dist.is_initialized():
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+    return model
+
+
+def _gpu_attention() -> str:
+    try:
+        import flash_attn  # noqa: F401
+
+        return "flash_attention_2"
+    except ImportError:
+        return "sdpa"
+
+
+def full_state_dict(model: Any) -> dict[str, Any]:
+    """Gather the full (unsharded) state dict on CPU. A collective: every rank must call it;
+    rank 0 receives the tensors, the others an empty dict."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if not dist.is_initialized():
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def weights_for_sync(model: Any, state: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(name, tensor) pairs an inference engine needs: a tied LM head is the embedding."""
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    return [(k, v) for k, v in state.items() if not (tied and k == "lm_head.weight")]
+
+
+def save_hf(model: Any, state: dict[str, Any], out_dir: str | Path, tokenizer_src: str | Path) -> Path:
+    """Write a Hugging Face folder (config, safetensors, tokenizer) from a gathered state."""
+    from transformers import AutoTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    inner = getattr(model, "module", model)
+    inner.save_pretrained(out, state_dict=state, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tokenizer_src).save_pretrained(out)
+    return out

@@ -1,0 +1,76 @@
+"""LearnerGroup: K ``FSDPWorker`` ranks in one placement group, driven as one learner."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from forge_ray.config import LearnerConfig
+
+
+def shard_balanced(items: list[tuple[Any, float, int]], k: int) -> list[list[tuple[Any, float]]]:
+    """Split ``(ref_box, advantage, num_tokens)`` items over ``k`` ranks, longest first onto
+    the lightest rank, so ranks finish together. Returns ``[(ref_box, advantage)]`` per rank."""
+    shards: list[list[tuple[Any, float]]] = [[] for _ in range(k)]
+    loads = [0] * k
+    for box, adv, n in sorted(items, key=lambda x: -x[2]):
+        i = loads.index(min(loads))
+        shards[i].append((box, adv))
+        loads[i] += n
+    return shards
+
+
+def merge_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """Combine rank metrics: token-weighted means, summed counts, mean loss, slowest time."""
+    total = sum(m["tokens"] for m in per_rank) or 1.0
+    out = {}
+    for key in per_rank[0]:
+        values = [m[key] for m in per_rank]
+        if key in ("tokens", "sequences"):
+            out[key] = sum(values)
+        elif key == "seconds":
+            out[key] = max(values)
+        elif key in ("loss", "grad_norm", "lr"):
+            out[key] = sum(values) / len(values)
+        else:
+            out[key] = sum(m[key] * m["tokens"] for m in per_rank) / total
+    return out
+
+
+class LearnerGroup:
+    def __init__(self, cfg: LearnerConfig, model_path: str, dtype: str, device: str, resources: dict[str, float]):
+        from forge_ray.cluster.actors import spawn_group
+        from forge_ray.learner.worker import FSDPWorker
+
+        self.cfg = cfg
+        k = cfg.num_workers
+        self.handle = spawn_group(FSDPWorker, "learner", k, resources, lambda rank: ((rank, k, cfg, model_path, dtype, device), {}))
+        self.workers = self.handle.actors
+
+    async def setup(self) -> None:
+        addr, port = await self.workers[0].address.remote()
+        await asyncio.gather(*(w.setup.remote(addr, port) for w in self.workers))
+
+    async def train_step(self, items: list[tuple[Any, float, int]]) -> dict[str, float]:
+        """One update on ``(ref_box, advantage, loss_tokens)`` items."""
+        num_tokens = float(sum(n for _, _, n in items))
+        shards = shard_balanced(items, len(self.workers))
+        per_rank = await asyncio.gather(*(w.train_step.remote(s, num_tokens) for w, s in zip(self.workers, shards)))
+        return merge_metrics(list(per_rank))
+
+    async def export_weights(self, version: int, bucket_mb: int) -> list[Any]:
+        parts = await asyncio.gather(*(w.export_weights.remote(version, bucket_mb) for w in self.workers))
+        return parts[0]
+
+    async def state_for_check(self) -> dict[str, Any]:
+        parts = await asyncio.gather(*(w.state_for_check.remote() for w in self.workers))
+        return parts[0]
+
+    async def save_hf(self, out_dir: str) -> str:
+        parts = await asyncio.gather(*(w.save_hf.remote(out_dir) for w in self.workers))
+        return parts[0]
+
+    def shutdown(self) -> None:
+        import ray
+
+        ray.get([w.shutdown.remote() for w in self.workers])
+        self.handle.shutdown()

@@ -1,0 +1,175 @@
+"""FSDPWorker: one rank of the RL learner (a plain class; ``LearnerGroup`` makes it remote).
+
+``train_step`` fetches its shard of trajectories from the object store, recomputes token
+logprobs under the current weights and takes one AdamW step on Klear's revised GRPO loss.
+``export_weights`` gathers the full weights and puts them into the object store in buckets
+for the engines.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from forge_ray.config import LearnerConfig
+
+log = logging.getLogger(__name__)
+
+
+def pad_batch(trajs: list[Any], advantages: list[float]) -> dict[str, Any]:
+    """Right-pad trajectories into tensors: tokens, loss mask, engine logprobs, advantages.
+
+    Shapes: tokens/mask/infer_logp (B, T); advantages (B,).
+    """
+    import torch
+
+    T = max(len(t.tokens) for t in trajs)
+    B = len(trajs)
+    tokens = torch.zeros(B, T, dtype=torch.long)
+    mask = torch.zeros(B, T)
+    infer = torch.zeros(B, T)
+    for i, t in enumerate(trajs):
+        n = len(t.tokens)
+        tokens[i, :n] = torch.tensor(t.tokens)
+        mask[i, :n] = torch.tensor(t.loss_mask, dtype=torch.float)
+        infer[i, :n] = torch.tensor(t.logprobs)
+    return {"tokens": tokens, "mask": mask, "infer_logp": infer, "advantages": torch.tensor(advantages, dtype=torch.float)}
+
+
+class FSDPWorker:
+    def __init__(self, rank: int, world_size: int, cfg: LearnerConfig, model_path: str, dtype: str, device: str):
+        import torch
+
+        torch.set_num_threads(1)  # ranks share the cores with engines and each other
+        self.rank, self.world_size = rank, world_size
+        self.cfg, self.model_path, self.dtype, self.device = cfg, model_path, dtype, device
+        self.model = self.optimizer = None
+        self.step = 0
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free port, for rank 0's rendezvous."""
+        import socket
+
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        import torch
+
+        from forge_ray.learner.fsdp import build_model, init_distributed
+
+        init_distributed(self.rank, self.world_size, master_addr, master_port, self.device)
+        self.model = build_model(self.model_path, self.dtype, self.device)
+        if self.device == "cuda":
+            self.model.gradient_checkpointing_enable()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, betas=(0.9, 0.999))
+
+    def _lr(self) -> float:
+        warm = self.cfg.warmup_steps
+        return self.cfg.lr * min(1.0, (self.step + 1) / warm) if warm else self.cfg.lr
+
+    def train_step(self, items: list[tuple[list[Any], float]], num_tokens: float) -> dict[str, float]:
+        """One optimizer step on ``items`` = [([ObjectRef of Trajectory], advantage)].
+        ``num_tokens`` is the loss-token count of the whole batch over all ranks."""
+        import ray
+        import torch
+        import torch.distributed as dist
+
+        t0 = time.perf_counter()
+        trajs = ray.get([box[0] for box, _ in items]) if items else []
+        advs = [a for _, a in items]
+        mb = self.cfg.micro_batch
+        chunks = [(trajs[i : i + mb], advs[i : i + mb]) for i in range(0, len(trajs), mb)]
+        # Every rank must run the same number of forward/backward passes (FSDP collectives).
+        n = torch.tensor([len(chunks)])
+        dist.all_reduce(n, op=dist.ReduceOp.MAX)
+        sums: dict[str, float] = {}
+        for i in range(int(n)):
+            batch = chunks[i] if i < len(chunks) else None
+            self._micro_step(batch, num_tokens, sums)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self._lr()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        toks = sums.pop("tokens", 0.0)
+        # Per-token means on this rank; LearnerGroup merges ranks (token-weighted, and the
+        # mean of ``loss``, which each rank holds as W * its share of the global loss).
+        metrics = {k: v / max(toks, 1.0) for k, v in sums.items() if k != "loss_sum"}
+        metrics.update(loss=sums.get("loss_sum", 0.0), grad_norm=float(grad_norm), lr=self._lr(), tokens=toks, seconds=time.perf_counter() - t0, sequences=float(len(trajs)))
+        return metrics
+
+    def _micro_step(self, batch: tuple[list, list] | None, num_tokens: float, sums: dict[str, float]) -> None:
+        import torch
+
+        from forge_ray.learner.loss import entropy_from_logits, grpo_loss, token_logprobs
+
+        dev = "cuda" if self.device == "cuda" else "cpu"
+        if batch is None:  # a rank with less data still joins the collectives, with zero loss
+            data = {"tokens": torch.zeros(1, 2, dtype=torch.long), "mask": torch.zeros(1, 2), "infer_logp": torch.zeros(1, 2), "advantages": torch.zeros(1)}
+        else:
+            data = pad_batch(*batch)
+        data = {k: v.to(dev) for k, v in data.items()}
+        logits = self.model(input_ids=data["tokens"]).logits.float()
+        logp = token_logprobs(logits, data["tokens"])
+        # One update per batch: pi_old is the current policy (ratio 1, gradient intact); the
+        # engine's logprobs enter only through truncated importance sampling.
+        loss, m = grpo_loss(
+            logp, logp.detach(), data["infer_logp"], data["advantages"], data["mask"],
+            eps_low=self.cfg.eps_low, eps_high=self.cfg.eps_high, tis_cap=self.cfg.tis_cap,
+            num_tokens=num_tokens / self.world_size,  # FSDP averages gradients over ranks
+        )
+        loss.backward()
+        k = float(data["mask"].sum())
+        with torch.no_grad():
+            ent = (entropy_from_logits(logits) * data["mask"]).sum().item()
+            mismatch = ((logp.detach() - data["infer_logp"]).abs() * data["mask"]).sum().item()
+        for name in ("clip_frac", "ratio_mean", "tis_mean", "tis_clip_frac", "approx_kl"):
+            sums[name] = sums.get(name, 0.0) + m[name] * k
+        sums["loss_sum"] = sums.get("loss_sum", 0.0) + float(loss)  # already divided by num_tokens / W
+        sums["entropy"] = sums.get("entropy", 0.0) + ent
+        sums["logp_mismatch"] = sums.get("logp_mismatch", 0.0) + mismatch
+        sums["tokens"] = sums.get("tokens", 0.0) + k
+
+    def export_weights(self, version: int, bucket_mb: int) -> list[Any]:
+        """Gather the weights and put them into the object store in buckets (rank 0 returns
+        the refs; the other ranks only join the gather)."""
+        import ray
+
+        from forge_ray.learner.fsdp import full_state_dict, weights_for_sync
+        from forge_ray.rollout.weight_sync import bucketize, pack_tensors
+        from forge_ray.types import WeightBucket
+
+        state = full_state_dict(self.model)
+        if self.rank != 0:
+            return []
+        buckets = bucketize(weights_for_sync(self.model, state), bucket_mb * 2**20)
+        refs = []
+        for i, bucket in enumerate(buckets):
+            payload = pack_tensors([n for n, _ in bucket], [t for _, t in bucket])
+            refs.append(ray.put(WeightBucket(version, i, len(buckets), payload, len(payload["data"]))))
+        return refs
+
+    def state_for_check(self) -> dict[str, Any]:
+        """The full weights (rank 0) for tests that compare them with an engine's."""
+        from forge_ray.learner.fsdp import full_state_dict, weights_for_sync
+
+        state = full_state_dict(self.model)
+        return dict(weights_for_sync(self.model, state)) if self.rank == 0 else {}
+
+    def save_hf(self, out_dir: str) -> str | None:
+        from forge_ray.learner.fsdp import full_state_dict, save_hf
+
+        state = full_state_dict(self.model)
+        return str(save_hf(self.model, state, out_dir, self.model_path)) if self.rank == 0 else None
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,154 @@
+"""The run directory and what goes into it: config, log, metrics JSONL, W&B, plots, peak RSS.
+
+    run = Run.create(job)            # runs/<name>-<timestamp>/ with config.yaml and log.txt
+    run.log("rl", step, {...})       # one JSON line per call, mirrored to W&B
+    with run.timer("train"): ...     # named wall-clock timers, summed per step
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from forge_ray.config import JobConfig, dump_job
+
+log = logging.getLogger("forge_ray")
+
+
+class PeakRSS:
+    """Samples the resident memory of this process and all its descendants (the embedded Ray
+    cluster, its workers, the engines' processes) and keeps the peak."""
+
+    def __init__(self, every_s: float = 1.0):
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
+        self._thread.start()
+
+    def sample(self) -> int:
+        import psutil
+
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        self.peak_bytes = max(self.peak_bytes, total)
+        return total
+
+    def _run(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self.sample()
+
+    def stop(self) -> float:
+        self._stop.set()
+        return self.peak_bytes / 2**30
+
+
+@dataclass
+class Run:
+    job: JobConfig
+    dir: Path
+    started: float = field(default_factory=time.time)
+    timers: dict[str, float] = field(default_factory=dict)
+    _wandb: Any = None
+
+    @classmethod
+    def create(cls, job: JobConfig, resume_dir: str | None = None) -> "Run":
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path(resume_dir) if resume_dir else Path(job.run.root) / f"{job.run.name}-{stamp}"
+        for sub in ("checkpoints", "plots"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        dump_job(job, path / "config.yaml")
+        run = cls(job, path)
+        run._attach_log_file()
+        run._wandb = _start_wandb(job, path)
+        log.info("run directory: %s", path)
+        return run
+
+    def _attach_log_file(self) -> None:
+        handler = logging.FileHandler(self.dir / "log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+
+    def log(self, stage: str, step: int, metrics: dict[str, Any]) -> None:
+        row = {"stage": stage, "step": step, "time": round(time.time() - self.started, 3), **metrics}
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._wandb is not None:
+            self._wandb.log({f"{stage}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))} | {f"{stage}/step": step})
+
+    @contextlib.contextmanager
+    def timer(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timers[name] = self.timers.get(name, 0.0) + time.perf_counter() - t0
+
+    def pop_timers(self) -> dict[str, float]:
+        out, self.timers = {f"time/{k}": round(v, 4) for k, v in self.timers.items()}, {}
+        return out
+
+    def read_metrics(self, stage: str) -> list[dict]:
+        path = self.dir / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return [r for r in rows if r["stage"] == stage]
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        (self.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self._wandb is not None:
+            self._wandb.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+            self._wandb.finish()
+
+
+def _start_wandb(job: JobConfig, run_dir: Path) -> Any:
+    mode = job.run.wandb_mode
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    if mode == "disabled":
+        return None
+    try:
+        import wandb
+
+        return wandb.init(project=job.run.wandb_project, name=run_dir.name, dir=str(run_dir), mode=mode, config=job.to_dict())
+    except Exception as e:  # W&B is an observer: it must never take a run down
+        log.warning("W&B disabled: %s", e)
+        return None
+
+
+def plot_curves(run: Run, out: Path) -> Path:
+    """Reward per RL step (mean and a 5-step moving average) with the evaluation points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = run.read_metrics("rl")
+    evals = run.read_metrics("eval")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if rows:
+        steps = [r["step"] for r in rows]
+        reward = [r["reward_mean"] for r in rows]
+        ax.plot(steps, reward, alpha=0.4, label="train reward (mean)")
+        k = 5
+        smooth = [sum(reward[max(0, i - k + 1) : i + 1]) / len(reward[max(0, i - k + 1) : i + 1]) for i in range(len(reward))]
+        ax.plot(steps, smooth, label=f"train reward ({k}-step avg)")
+    for e in evals:
+        ax.scatter([e["step"]], [e["success"]], marker="o", s=50, zorder=3)
+        ax.annotate(f"{e['name']} {e['success']:.2f}", (e["step"], e["success"]), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("reward / held-out success")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,114 @@
+"""A job end to end: base model -> expert data -> SFT (Ray Train) -> RL (the driver) ->
+evaluation, summary, plots. ``forge-ray run jobs/X.yaml`` calls ``run_job``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from forge_ray.config import JobConfig
+from forge_ray.metrics import PeakRSS, Run, plot_curves
+
+log = logging.getLogger("forge_ray")
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def init_ray(job: JobConfig) -> None:
+    """Join ``cluster.address`` or start the embedded local cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env_vars = {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": True}
+    if job.cluster.address:
+        ray.init(address=job.cluster.address, **kwargs)
+    else:
+        ray.init(num_cpus=job.cluster.num_cpus or None, include_dashboard=False, **kwargs)
+
+
+def tiny_corpus(job: JobConfig, n: int = 400) -> list[str]:
+    """In-domain documents for the tiny tokenizer: rendered expert conversations."""
+    from jinja2 import Template
+
+    from envs import make_tasks
+    from forge_ray.rollout.chat import TOOL_CHAT_TEMPLATE
+
+    source = make_tasks(job.env.name, **job.env.kwargs)
+    template = Template(TOOL_CHAT_TEMPLATE)
+    tasks = source.tasks("train", n, job.env.seed + 20_000)
+    return [template.render(messages=t.messages + source.expert(t), tools=t.tools, add_generation_prompt=False) for t in tasks]
+
+
+def base_model(job: JobConfig, run: Run) -> str:
+    if job.model.path:
+        return job.model.path
+    from forge_ray.models.tiny import make_tiny_model
+
+    out = make_tiny_model(run.dir / "checkpoints" / "base", job.model.tiny_seed, num_layers=job.model.tiny_layers,
+                          hidden_size=job.model.tiny_hidden, intermediate_size=3 * job.model.tiny_hidden, corpus=tiny_corpus(job))
+    log.info("built the tiny model into %s", out)
+    return str(out)
+
+
+def sft_stage(job: JobConfig, run: Run, model_path: str, device: str) -> str:
+    from forge_ray.train.sft import run_sft, write_expert_data
+
+    data = run.dir / "sft_data.jsonl"
+    stats = write_expert_data(job, model_path, data)
+    log.info("SFT data: %d expert conversations, %.0f tokens on average -> %s", stats["examples"], stats["mean_tokens"], data)
+    out = run.dir / "checkpoints" / "sft"
+    t0 = time.perf_counter()
+    rows = run_sft(job, model_path, data, out, device)
+    for row in rows:
+        run.log("sft", int(row["step"]), {k: row[k] for k in ("loss", "grad_norm", "lr", "epoch") if k in row})
+    log.info("SFT done in %.0f s (final loss %.4f) -> %s", time.perf_counter() - t0, rows[-1]["loss"] if rows else float("nan"), out)
+    return str(out)
+
+
+def run_job(job: JobConfig, resume_dir: str | None = None) -> dict[str, Any]:
+    """Run every enabled stage of ``job``; returns (and writes) the summary."""
+    from forge_ray.driver import run_rl
+
+    t0 = time.time()
+    run = Run.create(job, resume_dir)
+    rss = PeakRSS()
+    device = resolve_device(job.cluster.device)
+    init_ray(job)
+    summary: dict[str, Any] = {"run_dir": str(run.dir), "device": device, "mode": job.run.mode}
+    model = base_model(job, run)
+    if job.sft.enabled:
+        model = sft_stage(job, run, model, device)
+        summary["sft_checkpoint"] = model
+    if job.run.steps > 0:
+        summary.update(asyncio.run(run_rl(job, run, model, device)))
+    summary["wall_seconds"] = round(time.time() - t0, 1)
+    summary["peak_rss_gb"] = round(rss.stop(), 3)
+    plot_curves(run, run.dir / "plots" / "reward.png")
+    run.finish(summary)
+    print_summary(summary)
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    rows = [("held-out success, SFT", summary.get("sft_success")), ("held-out success, RL", summary.get("rl_success")),
+            ("eval tasks", summary.get("eval_tasks")), ("RL steps (policy version)", summary.get("policy_version")),
+            ("trajectories / s", summary.get("trajectories_per_s")), ("rollout idle fraction", summary.get("rollout_idle_frac")),
+            ("learner idle fraction", summary.get("learner_idle_frac")), ("weight sync s (mean)", summary.get("sync_seconds_mean")),
+            ("wall seconds", summary.get("wall_seconds")), ("peak RSS GB", summary.get("peak_rss_gb"))]
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "-" * (width + 14))
+    for k, v in rows:
+        if v is not None:
+            print(f"{k:<{width}}  {v:>10.3f}" if isinstance(v, float) else f"{k:<{width}}  {v!s:>10}")
+    print("-" * (width + 14))
+    print(f"run directory: {summary['run_dir']}  (summary.json, metrics.jsonl, plots/reward.png, checkpoints/)\n")

@@ -1,0 +1,158 @@
+"""The multi-turn agent loop: one episode of model turns and environment observations.
+
+Token-in/token-out: the prompt is tokenized once with the chat template; every assistant turn
+is appended exactly as the engine sampled it (ids and logprobs); observations are appended as
+the ids of their rendered text. The history is never re-tokenized, so what the learner trains
+on is exactly what the engine saw. ``loss_mask`` is 1 on sampled ids and 0 elsewhere.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Protocol
+
+from forge_ray.rollout.chat import parse_action, render_observation
+from forge_ray.types import Generation, RewardBreakdown, Status, StepResult, Task, Trajectory, Turn
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Limits and sampling of one episode."""
+
+    max_new_tokens: int = 64  # tokens per assistant turn
+    max_context: int = 640  # tokens of the whole episode
+    temperature: float = 1.0
+    top_p: float = 1.0
+    timeout_s: float = 120.0  # wall-clock limit of the episode
+
+
+class AsyncEnv(Protocol):
+    """The environment as the agent loop sees it: async, so an env can live in another actor."""
+
+    async def reset(self, task: Task) -> None: ...
+    async def step(self, action: Any) -> StepResult: ...
+    async def score(self, task: Task, messages: list[dict]) -> RewardBreakdown: ...
+
+
+class LocalEnv:
+    """Adapts an in-process ``Env`` (``envs/``) to ``AsyncEnv``."""
+
+    def __init__(self, env: Any):
+        self.env = env
+
+    async def reset(self, task: Task) -> None:
+        self.env.reset(task)
+
+    async def step(self, action: Any) -> StepResult:
+        return self.env.step(action)
+
+    async def score(self, task: Task, messages: list[dict]) -> RewardBreakdown:
+        return self.env.score(task, messages)
+
+
+Generate = Callable[..., Awaitable[Generation]]
+
+
+async def run_episode(
+    generate: Generate,
+    env: AsyncEnv,
+    task: Task,
+    tokenizer: Any,
+    spec: EpisodeSpec,
+    *,
+    group_id: str,
+    sample_index: int,
+    seed: int | None = None,
+) -> Trajectory:
+    """Play ``task`` to the end and return the scored trajectory. Never raises for
+    environment faults: they end the episode with ``Status.ENV_FAILURE``."""
+    stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    prompt = tokenizer.apply_chat_template(task.messages, tools=task.tools or None, add_generation_prompt=True, tokenize=False)
+    tokens = tokenizer.encode(prompt, add_special_tokens=False)
+    traj = Trajectory(task.id, group_id, sample_index, len(tokens), tokens, [0.0] * len(tokens), [0] * len(tokens), [], Status.OK, list(task.messages))
+    deadline = time.monotonic() + spec.timeout_s
+    try:
+        await env.reset(task)
+        traj.status = await _play(generate, env, tokenizer, spec, traj, stop_id, deadline, seed)
+    except asyncio.TimeoutError:
+        traj.status = Status.TIMED_OUT
+    except Exception as e:  # an environment fault is data, not a crash
+        traj.status = Status.ENV_FAILURE
+        traj.reward = RewardBreakdown(0.0, error=f"{type(e).__name__}: {e}")
+    if traj.reward is None:
+        traj.reward = await _score(env, task, traj)
+    return traj
+
+
+async def _play(generate, env, tokenizer, spec, traj, stop_id, deadline, seed) -> Status:
+    turn = 0
+    while True:
+        budget = min(spec.max_new_tokens, spec.max_context - len(traj.tokens))
+        if budget <= 0:
+            return Status.TRUNCATED
+        t0 = time.monotonic()
+        gen = await asyncio.wait_for(
+            generate(traj.tokens, max_tokens=budget, temperature=spec.temperature, top_p=spec.top_p, stop_token_ids=[stop_id], seed=None if seed is None else seed + turn),
+            timeout=max(deadline - t0, 0.001),
+        )
+        traj.gen_seconds += time.monotonic() - t0
+        start = len(traj.tokens)
+        traj.tokens += gen.token_ids
+        traj.logprobs += gen.logprobs
+        traj.loss_mask += [1] * len(gen.token_ids)
+        traj.turns.append(Turn(start, len(traj.tokens), gen.version, gen.finish_reason))
+        if gen.finish_reason != "stop":
+            return Status.TRUNCATED  # the turn was cut off by the token budget
+        ids = gen.token_ids[:-1] if gen.token_ids and gen.token_ids[-1] == stop_id else gen.token_ids
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        traj.messages.append({"role": "assistant", "content": text})
+        t0 = time.monotonic()
+        result = await asyncio.wait_for(env.step(parse_action(text)), timeout=max(deadline - t0, 0.001))
+        traj.env_seconds += time.monotonic() - t0
+        if result.info.get("truncated"):
+            return Status.TRUNCATED
+        if result.done:
+            return Status.OK
+        obs = tokenizer.encode(render_observation(result.messages), add_special_tokens=False)
+        traj.messages += result.messages
+        traj.tokens += obs
+        traj.logprobs += [0.0] * len(obs)
+        traj.loss_mask += [0] * len(obs)
+        turn += 1
+
+
+async def _score(env: AsyncEnv, task: Task, traj: Trajectory) -> RewardBreakdown:
+    try:
+        return await env.score(task, traj.messages)
+    except Exception as e:  # a failure to score is recorded, never a silent zero
+        return RewardBreakdown(0.0, error=f"score failed: {type(e).__name__}: {e}")
+
+
+def render_conversation(tokenizer: Any, task: Task, continuation: list[dict]) -> tuple[list[int], list[int]]:
+    """Token ids and loss mask of a finished conversation (e.g. an expert's), laid out exactly
+    as ``run_episode`` lays out a sampled one: assistant turns end with ``<|im_end|>`` and are
+    masked 1; the prompt and observations are masked 0."""
+    stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    prompt = tokenizer.apply_chat_template(task.messages, tools=task.tools or None, add_generation_prompt=True, tokenize=False)
+    tokens = tokenizer.encode(prompt, add_special_tokens=False)
+    mask = [0] * len(tokens)
+    i = 0
+    while i < len(continuation):
+        msg = continuation[i]
+        if msg["role"] == "assistant":
+            ids = tokenizer.encode(msg["content"], add_special_tokens=False) + [stop_id]
+            tokens += ids
+            mask += [1] * len(ids)
+            i += 1
+            continue
+        j = i
+        while j < len(continuation) and continuation[j]["role"] == "tool":
+            j += 1
+        if j == i:
+            raise ValueError(f"task {task.id}: unexpected {msg['role']!r} message in a continuation")
+        ids = tokenizer.encode(render_observation(continuation[i:j]), add_special_tokens=False)
+        tokens += ids
+        mask += [0] * len(ids)
+        i = j
+    return tokens, mask

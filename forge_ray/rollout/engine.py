@@ -1,0 +1,129 @@
+"""VLLMEngine: one vLLM ``AsyncLLM`` serving token ids in and token ids + logprobs out.
+
+A plain class; ``RolloutGroup`` makes it a Ray actor. The engine never sees text: prompts
+arrive as ids and the sampled ids come back with the logprob the engine assigned to each,
+tagged with the policy version of the weights that produced them. Weight updates go through
+vLLM's weight-transfer API and pause the scheduler while they apply, so every turn is
+sampled by exactly one version.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from typing import Any
+
+from forge_ray.types import Generation, WeightBucket
+
+log = logging.getLogger(__name__)
+
+
+class VLLMEngine:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "float32",
+        max_model_len: int = 1024,
+        kv_cache_mb: int = 512,
+        gpu_memory_utilization: float = 0.5,
+        device: str = "cpu",
+        seed: int = 0,
+    ):
+        self.model_path = model_path
+        self.version = 0
+        self._ids = itertools.count()
+        self._kwargs = dict(dtype=dtype, max_model_len=max_model_len, seed=seed)
+        if device == "cpu":
+            self._kwargs.update(kv_cache_memory_bytes=kv_cache_mb * 2**20, enforce_eager=True)
+        else:
+            self._kwargs.update(gpu_memory_utilization=gpu_memory_utilization)
+        self.llm = None
+
+    async def start(self) -> float:
+        """Build the engine (seconds taken). Separate from ``__init__`` so a Ray actor can be
+        created fast and started under a timeout."""
+        from vllm import AsyncEngineArgs
+        from vllm.config import WeightTransferConfig
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from forge_ray.rollout import weight_sync
+
+        t0 = time.perf_counter()
+        weight_sync.register()
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # for fingerprint()'s RPC
+        args = AsyncEngineArgs(
+            model=self.model_path,
+            skip_tokenizer_init=True,  # token-in/token-out: the agent loop owns the tokenizer
+            weight_transfer_config=WeightTransferConfig(backend=weight_sync.BACKEND),
+            **self._kwargs,
+        )
+        self.llm = AsyncLLM.from_engine_args(args)
+        await self.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info={}))
+        return time.perf_counter() - t0
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        stop_token_ids: list[int],
+        seed: int | None = None,
+    ) -> Generation:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            logprobs=0,  # the sampled token's own logprob
+            stop_token_ids=stop_token_ids,
+            detokenize=False,
+            seed=seed,
+        )
+        final = None
+        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id=f"r{next(self._ids)}"):
+            final = out
+        completion = final.outputs[0]
+        logprobs = [next(iter(d.values())).logprob if d else 0.0 for d in completion.logprobs or []]
+        # Read the version when the request ends: updates drain in-flight requests first,
+        # so a request that finishes after an update was admitted after it.
+        return Generation(list(completion.token_ids), logprobs, completion.finish_reason or "length", self.version)
+
+    async def update_weights(self, version: int, bucket_refs: list[Any]) -> dict[str, float]:
+        """Load ``version``'s buckets (ObjectRefs of ``WeightBucket``) and switch to it."""
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        t0 = time.perf_counter()
+        await self.llm.pause_generation(mode="wait", clear_cache=True)
+        paused = time.perf_counter()
+        nbytes = 0
+        try:
+            await self.llm.start_weight_update()
+            for ref in bucket_refs:
+                bucket: WeightBucket = await ref
+                nbytes += bucket.nbytes
+                await self.llm.update_weights(WeightTransferUpdateRequest(update_info=bucket.payload))
+            await self.llm.finish_weight_update(str(version))
+            self.version = version
+        finally:
+            await self.llm.resume_generation()
+        done = time.perf_counter()
+        return {"sync_seconds": done - t0, "drain_seconds": paused - t0, "sync_bytes": float(nbytes)}
+
+    async def fingerprint(self, probe_seed: int = 0) -> dict[str, Any]:
+        """Per-tensor fingerprints of the served weights (see ``weight_sync.fingerprint``)."""
+        from forge_ray.rollout.weight_sync import engine_fingerprint
+
+        (result,) = await self.llm.collective_rpc(engine_fingerprint, args=(probe_seed,))
+        return result
+
+    def shutdown(self) -> None:
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None

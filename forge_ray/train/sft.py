@@ -1,0 +1,128 @@
+"""Supervised fine-tuning through Ray Train: ``TorchTrainer`` over the FSDP2 model builder.
+
+Data are expert conversations rendered exactly as RL episodes are (``render_conversation``),
+one JSON line each: ``{"tokens": [...], "mask": [...]}``; the loss covers assistant tokens
+only. Every rank reads the file and takes its slice of each global batch, so the token-level
+normaliser is the whole batch's count. Rank 0 writes the result as a Hugging Face folder.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+from forge_ray.config import JobConfig
+
+log = logging.getLogger(__name__)
+
+
+def write_expert_data(job: JobConfig, tokenizer_path: str, out: Path) -> dict[str, float]:
+    """Render ``job.sft.examples`` expert conversations of the train split into ``out``."""
+    from transformers import AutoTokenizer
+
+    from envs import make_tasks
+    from forge_ray.rollout.agent_loop import render_conversation
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    source = make_tasks(job.env.name, **job.env.kwargs)
+    tasks = source.tasks("train", job.sft.examples, job.env.seed + 10_000)  # a different draw than RL's
+    lengths = []
+    with open(out, "w") as f:
+        for task in tasks:
+            tokens, mask = render_conversation(tokenizer, task, source.expert(task))
+            lengths.append(len(tokens))
+            f.write(json.dumps({"id": task.id, "tokens": tokens, "mask": mask}) + "\n")
+    return {"examples": len(tasks), "mean_tokens": sum(lengths) / max(len(lengths), 1), "max_tokens": max(lengths, default=0)}
+
+
+def _lr_at(step: int, total: int, peak: float) -> float:
+    """Linear warm-up over 5% of the steps, then cosine decay to 10% of the peak."""
+    warm = max(1, total // 20)
+    if step < warm:
+        return peak * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _pad(rows: list[dict]) -> tuple[Any, Any]:
+    import torch
+
+    T = max(len(r["tokens"]) for r in rows)
+    tokens = torch.zeros(len(rows), T, dtype=torch.long)
+    mask = torch.zeros(len(rows), T)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r["tokens"])] = torch.tensor(r["tokens"])
+        mask[i, : len(r["mask"])] = torch.tensor(r["mask"], dtype=torch.float)
+    return tokens, mask
+
+
+def sft_loop(cfg: dict) -> None:
+    """Ray Train worker loop: epochs of AdamW steps on token-normalised cross-entropy."""
+    import ray.train
+    import torch
+
+    from forge_ray.learner.fsdp import build_model, full_state_dict, save_hf
+    from forge_ray.learner.loss import token_logprobs
+
+    torch.set_num_threads(1)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rows = [json.loads(line) for line in open(cfg["data"])]
+    model = build_model(cfg["model"], cfg["dtype"], cfg["device"])
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.01)
+    bs = cfg["batch_size"]
+    per_epoch = len(rows) // bs
+    total = per_epoch * cfg["epochs"]
+    rng = random.Random(cfg["seed"])
+    step = 0
+    for epoch in range(cfg["epochs"]):
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        for b in range(per_epoch):
+            batch = [rows[i] for i in order[b * bs : (b + 1) * bs]]
+            n_tokens = sum(sum(r["mask"]) for r in batch)
+            tokens, mask = _pad(batch[rank::world])
+            logp = token_logprobs(model(input_ids=tokens).logits.float(), tokens)
+            # Sum over this rank's tokens / the global count, times world: FSDP averages grads.
+            loss = -(logp * mask).sum() / n_tokens * world
+            loss.backward()
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, total, cfg["lr"])
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            if step % cfg["report_every"] == 0 or step == total:
+                gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+                metrics = {"step": step, "epoch": epoch, "loss": float(loss) / world, "grad_norm": float(gn), "lr": _lr_at(step - 1, total, cfg["lr"])}
+                if rank == 0:
+                    print(f"[sft] step {step}/{total} loss {metrics['loss']:.4f}", flush=True)
+                ray.train.report(metrics)
+    state = full_state_dict(model)
+    if rank == 0:
+        save_hf(model, state, cfg["out"], cfg["model"])
+
+
+def run_sft(job: JobConfig, model_path: str, data_path: Path, out_dir: Path, device: str) -> list[dict]:
+    """Fine-tune ``model_path`` on ``data_path`` with Ray Train; returns the reported metrics."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    s = job.sft
+    trainer = TorchTrainer(
+        sft_loop,
+        train_loop_config=dict(
+            data=str(data_path), model=model_path, out=str(out_dir), dtype=job.model.dtype, device=device,
+            lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, seed=s.seed, report_every=10,
+        ),
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=device == "cuda", resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name="sft", storage_path=str(out_dir.parent.resolve() / "ray_train")),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise RuntimeError(f"SFT failed: {result.error}")
+    frame = result.metrics_dataframe
+    return frame.to_dict("records") if frame is not None else []
