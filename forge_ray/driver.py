@@ -77,6 +77,7 @@ async def run_rl(job: JobConfig, run: Run, model_path: str, device: str) -> dict
             feeder.requeue(group.task_id)
         feeder.taken([g.task_id for g in taken.groups])
         plan = plan_update(taken.groups, job.learner.drop_zero_variance)
+        lag = max((version - g.min_version for g in taken.groups), default=0)  # policy versions behind
         for group in taken.groups:
             pool.consume(group.task_id)
 
@@ -92,8 +93,8 @@ async def run_rl(job: JobConfig, run: Run, model_path: str, device: str) -> dict
                 syncs = await rollout.update_weights(version, refs)
             sync_seconds.append(max(s["sync_seconds"] for s in syncs))
             metrics["sync_seconds"] = sync_seconds[-1]
-        feeder.advance(version)
-        _log_step(run, step, version, plan, metrics, taken, feeder, t_start)
+        feeder.step_done()
+        _log_step(run, step, version, lag, plan, metrics, taken, feeder, t_start)
 
     await feeder.stop()
     feeding.cancel()
@@ -115,13 +116,13 @@ async def run_rl(job: JobConfig, run: Run, model_path: str, device: str) -> dict
     }
 
 
-def _log_step(run: Run, step: int, version: int, plan: Any, metrics: dict, taken: Any, feeder: Any, t_start: float) -> None:
+def _log_step(run: Run, step: int, version: int, lag: int, plan: Any, metrics: dict, taken: Any, feeder: Any, t_start: float) -> None:
     rewards = plan.rewards or [0.0]
     row = {
         "version": version, "reward_mean": sum(rewards) / len(rewards),
         "groups_used": plan.groups_used, "groups_zero_variance": plan.groups_zero_variance,
         "groups_stale": len(taken.stale), "masked": plan.masked, "env_failures": plan.env_failures,
-        "staleness_max": max((version - 1 - g.min_version for g in taken.groups), default=0),
+        "staleness_max": lag,
         "trajectories": feeder.trajectories, "trajectories_per_s": feeder.trajectories / (time.perf_counter() - t_start),
         **{k: v for k, v in metrics.items()}, **run.pop_timers(),
     }

@@ -1,8 +1,8 @@
 """Prompt supply for RL: the prompt pool with its exactly-once accounting, and the feeder.
 
 The feeder keeps the rollout engines busy without running ahead of the learner: a prompt may
-be issued only while ``issued < N + (version + max_staleness) * M + requeued`` (AReaL-style
-admission by version gap). With ``max_staleness = 0`` this is strict alternation
+be issued only while ``issued < N + (steps + max_staleness) * M + requeued`` (AReaL-style
+admission by version gap; ``steps`` counts learner steps, updates or not). With ``max_staleness = 0`` this is strict alternation
 (generate -> train -> sync); with 1 the next batch generates while the learner trains.
 """
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Feeder:
     def __init__(self, pool: PromptPool, rollout: Any, buffer: Any, *, group_size: int, batch_prompts: int, batch_groups: int, max_staleness: int):
         self.pool, self.rollout, self.buffer = pool, rollout, buffer
         self.group_size, self.n, self.m, self.staleness = group_size, batch_prompts, batch_groups, max_staleness
-        self.version = 0
+        self.steps = 0
         self.extra = 0  # allowance given back for re-queued groups
         self.issued = 0
         self.untaken: Counter = Counter()  # prompts issued and not yet taken by the learner
@@ -83,7 +83,7 @@ class Feeder:
         self._tasks: set[asyncio.Task] = set()
 
     def allowed(self) -> int:
-        return self.n + (self.version + self.staleness) * self.m + self.extra
+        return self.n + (self.steps + self.staleness) * self.m + self.extra
 
     async def run(self) -> None:
         while True:
@@ -122,8 +122,9 @@ class Feeder:
         self.extra += 1
         self._wake.set()
 
-    def advance(self, version: int) -> None:
-        self.version = version
+    def step_done(self) -> None:
+        """The learner finished a step (and synced, if it updated): admit the next batch."""
+        self.steps += 1
         self._wake.set()
 
     def busy(self) -> float:

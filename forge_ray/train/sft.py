@@ -63,6 +63,7 @@ def sft_loop(cfg: dict) -> None:
     """Ray Train worker loop: epochs of AdamW steps on token-normalised cross-entropy."""
     import ray.train
     import torch
+    import torch.distributed as dist
 
     from forge_ray.learner.fsdp import build_model, full_state_dict, save_hf
     from forge_ray.learner.loss import token_logprobs
@@ -77,7 +78,7 @@ def sft_loop(cfg: dict) -> None:
     per_epoch = len(rows) // bs
     total = per_epoch * cfg["epochs"]
     rng = random.Random(cfg["seed"])
-    step = 0
+    step, history = 0, []
     for epoch in range(cfg["epochs"]):
         order = list(range(len(rows)))
         rng.shuffle(order)
@@ -96,18 +97,23 @@ def sft_loop(cfg: dict) -> None:
             opt.zero_grad(set_to_none=True)
             step += 1
             if step % cfg["report_every"] == 0 or step == total:
+                global_loss = loss.detach() / world
+                dist.all_reduce(global_loss)  # each rank held its share of the batch mean
                 gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-                metrics = {"step": step, "epoch": epoch, "loss": float(loss) / world, "grad_norm": float(gn), "lr": _lr_at(step - 1, total, cfg["lr"])}
+                metrics = {"step": step, "epoch": epoch, "loss": float(global_loss), "grad_norm": float(gn), "lr": _lr_at(step - 1, total, cfg["lr"])}
+                history.append(metrics)
                 if rank == 0:
                     print(f"[sft] step {step}/{total} loss {metrics['loss']:.4f}", flush=True)
                 ray.train.report(metrics)
     state = full_state_dict(model)
     if rank == 0:
-        save_hf(model, state, cfg["out"], cfg["model"])
+        out = save_hf(model, state, cfg["out"], cfg["model"])
+        (out / "sft_metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
 
 
 def run_sft(job: JobConfig, model_path: str, data_path: Path, out_dir: Path, device: str) -> list[dict]:
-    """Fine-tune ``model_path`` on ``data_path`` with Ray Train; returns the reported metrics."""
+    """Fine-tune ``model_path`` on ``data_path`` with Ray Train into ``out_dir``; returns the
+    metrics rank 0 recorded every ``report_every`` steps."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -124,5 +130,5 @@ def run_sft(job: JobConfig, model_path: str, data_path: Path, out_dir: Path, dev
     result = trainer.fit()
     if result.error:
         raise RuntimeError(f"SFT failed: {result.error}")
-    frame = result.metrics_dataframe
-    return frame.to_dict("records") if frame is not None else []
+    history = out_dir / "sft_metrics.jsonl"
+    return [json.loads(line) for line in history.read_text().splitlines()]

@@ -1,0 +1,36 @@
+"""From buffer groups to learner items: advantages, masking, zero-variance drop."""
+import pytest
+
+from forge_ray.buffer import Group
+from forge_ray.learner.batching import plan_update
+from forge_ray.types import Status, TrajectoryMeta
+
+
+def group(gid, rewards, statuses=None):
+    g = Group(gid, gid)
+    for i, r in enumerate(rewards):
+        status = (statuses or [Status.OK] * len(rewards))[i]
+        g.metas.append(TrajectoryMeta(gid, gid, i, 0, status, r, 10 + i))
+        g.refs.append(f"ref-{gid}-{i}")
+    return g
+
+
+def test_advantages_masking_and_drops():
+    plan = plan_update([
+        group("a", [1.0, 0.0, 0.0, 1.0]),  # mean .5, sample std sqrt(1/3): +-0.866
+        group("b", [1.0, 1.0, 1.0, 1.0]),  # no signal: dropped
+        group("c", [1.0, 0.0, 0.0, 0.0], [Status.OK, Status.TRUNCATED, Status.OK, Status.ENV_FAILURE]),
+    ], drop_zero_variance=True)
+    assert plan.groups_used == 2 and plan.groups_zero_variance == 1
+    assert plan.env_failures == 1 and plan.masked == 1
+    advs = {box[0]: adv for box, adv, _ in plan.items}
+    assert advs["ref-a-0"] == pytest.approx(0.8660, abs=1e-3) and advs["ref-a-1"] == pytest.approx(-0.8660, abs=1e-3)
+    # group c without the env failure: rewards [1, 0, 0] -> mean 1/3, std sqrt(1/3): (1-1/3)/0.577 = 1.1547
+    assert advs["ref-c-0"] == pytest.approx(1.1547, abs=1e-3) and advs["ref-c-2"] == pytest.approx(-0.5774, abs=1e-3)
+    assert "ref-c-1" not in advs and "ref-c-3" not in advs  # truncated: no loss; env failure: not counted
+    assert [n for box, _, n in plan.items if box[0] == "ref-a-3"] == [13]
+
+
+def test_zero_variance_kept_when_asked():
+    plan = plan_update([group("b", [0.0, 0.0])], drop_zero_variance=False)
+    assert plan.groups_used == 1 and [adv for _, adv, _ in plan.items] == [0.0, 0.0]

@@ -1,0 +1,87 @@
+"""Prompt accounting and the feeder's admission rule, with a scripted rollout at the edge."""
+import asyncio
+from collections import Counter
+
+import pytest
+
+from forge_ray.feeder import AccountingError, Feeder, PromptPool
+from forge_ray.types import Task
+
+
+def tasks(n):
+    return [Task(f"t{i}", "x", [], []) for i in range(n)]
+
+
+def test_pool_ledger_and_requeue_order():
+    pool = PromptPool(tasks(3))
+    a, _ = pool.next()
+    b, _ = pool.next()
+    pool.requeue(a.id)
+    again, attempt = pool.next()
+    assert again.id == a.id and attempt == 2  # re-queued prompts go first, with a new attempt number
+    pool.consume(b.id)
+    pool.consume(a.id)
+    assert pool.check(Counter()) == {"prompts_issued": 3, "prompts_consumed": 2, "prompts_requeued": 1, "prompts_outstanding": 0}
+    with pytest.raises(AccountingError, match="consumed twice"):
+        pool.consume(a.id)
+
+
+def test_pool_check_catches_a_lost_prompt():
+    pool = PromptPool(tasks(2))
+    pool.next()
+    with pytest.raises(AccountingError, match="issued 1"):
+        pool.check(Counter())
+
+
+class ScriptedRollout:
+    """Stands in for the engines: each group takes a fixed time; one prompt fails once."""
+
+    def __init__(self, fail_once: str):
+        self.calls = []
+        self.fail_once = fail_once
+
+    async def run_group(self, task, group_id, n, buffer):
+        self.calls.append(group_id)
+        await asyncio.sleep(0.01)
+        if task.id == self.fail_once and group_id.endswith("#1"):
+            raise RuntimeError("engine died")
+        return [None] * n
+
+
+def test_feeder_admission_follows_steps_and_staleness():
+    async def scenario():
+        pool = PromptPool(tasks(100))
+        rollout = ScriptedRollout(fail_once="t1")
+        feeder = Feeder(pool, rollout, None, group_size=4, batch_prompts=6, batch_groups=4, max_staleness=1)
+        runner = asyncio.create_task(feeder.run())
+        await asyncio.sleep(0.1)
+        first = feeder.issued  # N + (0 + 1) * M = 10, plus one re-queue after t1's failure
+        feeder.step_done()
+        await asyncio.sleep(0.1)
+        second = feeder.issued
+        await feeder.stop()
+        runner.cancel()
+        return first, second, rollout.calls, feeder
+
+    first, second, calls, feeder = asyncio.run(scenario())
+    assert first == 11 and second == 15
+    assert "t1#1" in calls and "t1#2" in calls  # the failed group was retried under a new attempt
+    assert feeder.trajectories == 4 * (len(calls) - 1)
+    assert feeder.busy() > 0
+
+
+def test_sync_mode_admits_one_batch_per_step():
+    async def scenario():
+        feeder = Feeder(PromptPool(tasks(50)), ScriptedRollout(fail_once=""), None, group_size=2, batch_prompts=4, batch_groups=4, max_staleness=0)
+        runner = asyncio.create_task(feeder.run())
+        await asyncio.sleep(0.1)
+        counts = [feeder.issued]
+        for _ in range(2):
+            feeder.step_done()
+            await asyncio.sleep(0.1)
+            counts.append(feeder.issued)
+        await feeder.stop()
+        runner.cancel()
+        return counts
+
+    assert asyncio.run(scenario()) == [4, 8, 12]
