@@ -1,6 +1,7 @@
 """``forge-ray``: the command line.
 
     forge-ray run jobs/quickstart.yaml [--set section.field=value ...]
+    forge-ray submit jobs/quickstart.yaml --address http://HEAD:8265 [--set ...] [--follow | --no-wait | --print-only]
     forge-ray make-tiny-model OUT_DIR [--seed 0]
     forge-ray doctor
 """
@@ -8,16 +9,35 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.install_extras is not None:  # before anything imports the dependencies it may install
+        from forge_ray.submit import ensure_installed
+
+        ensure_installed(args.install_extras)
     from forge_ray.config import load_job
     from forge_ray.pipeline import run_job
 
     job = load_job(args.job, args.set)
     run_job(job, args.resume)
     return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from forge_ray.submit import SubmitError, build_submission, render_cli, submit
+
+    sub = build_submission(args.job, args.set, args.address)
+    if args.print_only:
+        print(render_cli(sub))
+        return 0
+    try:
+        return submit(sub, follow=args.follow, wait=not args.no_wait)
+    except SubmitError as e:
+        print(f"forge-ray: {e}", file=sys.stderr)
+        return 3
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
@@ -46,7 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("job", help="job YAML, e.g. jobs/quickstart.yaml")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field (repeatable)")
     run.add_argument("--resume", default=None, metavar="RUN_DIR", help="write into an existing run directory")
+    run.add_argument("--install-extras", default=None, metavar="EXTRA",
+                     help="pip-install forge_ray[EXTRA] from this source tree first if this Python lacks forge_ray (set by submit)")
     run.set_defaults(fn=_run)
+    submit_p = sub.add_parser("submit", help="submit a job YAML to a running Ray cluster (Ray Jobs API)")
+    submit_p.add_argument("job", help="job YAML inside this repository, e.g. jobs/quickstart.yaml")
+    submit_p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"),
+                      help="the head's dashboard URL (default: $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)")
+    submit_p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field (repeatable)")
+    how = submit_p.add_mutually_exclusive_group()
+    how.add_argument("--follow", action="store_true", help="stream the job's logs until it ends; exit 1 if it fails")
+    how.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
+    how.add_argument("--print-only", action="store_true", help="print the equivalent `ray job submit` command and exit")
+    submit_p.set_defaults(fn=_submit)
     tiny = sub.add_parser("make-tiny-model", help="build the tiny Qwen3-architecture model and its tokenizer")
     tiny.add_argument("out_dir")
     tiny.add_argument("--seed", type=int, default=0)

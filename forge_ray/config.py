@@ -106,6 +106,23 @@ class RunConfig:
     log_every: int = 1  # print a progress line every N steps
 
 
+# The working dir upload is capped at 100 MB: keep environments, run outputs and weights out.
+DEFAULT_EXCLUDES = (".venv", "runs", ".git", "**/checkpoints", "wandb", "*.safetensors", "*.bin", "*.gguf",
+                    "**/__pycache__", ".pytest_cache", "*.egg-info")
+
+
+@dataclass(frozen=True)
+class JobSpecConfig:
+    """How ``forge-ray submit`` hands this file to a running cluster as a Ray job (ignored by ``run``)."""
+
+    entrypoint_num_cpus: float = 1.0  # CPUs reserved for the driver process (forge-ray run) on the cluster
+    entrypoint_num_gpus: float = 0.0  # GPUs reserved for the driver; 0: the driver only orchestrates
+    pip: list = field(default_factory=list)  # extra pip packages for the job's runtime env (Ray builds a virtualenv per distinct list)
+    extras: str = "cpu"  # forge_ray extra the driver pip-installs from the uploaded repo when forge_ray is not installed there ("" = never)
+    env_vars: dict = field(default_factory=dict)  # environment of the driver and every worker, e.g. {WANDB_PROJECT: agentforge}
+    excludes: list = field(default_factory=lambda: list(DEFAULT_EXCLUDES))  # gitignore-style paths kept out of the uploaded working dir (100 MB cap)
+
+
 @dataclass(frozen=True)
 class JobConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -116,6 +133,7 @@ class JobConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    job: JobSpecConfig = field(default_factory=JobSpecConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -131,6 +149,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-5" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     base = origin or hint
     if base in (dict, list) and isinstance(value, base):
         return value

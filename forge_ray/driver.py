@@ -37,7 +37,7 @@ def _spawn(job: JobConfig, model_path: str, device: str) -> tuple[Any, Any, Any]
     env_kwargs = {"max_tool_turns": env.max_turns} if env.name == "calculator" else {}
     gpu = {"GPU": 1} if device == "cuda" else {}
     rollout = RolloutGroup(model_path, r.num_engines, engine_kwargs, env.name, env_kwargs, spec, {"CPU": 1, **gpu})
-    learner = LearnerGroup(job.learner, model_path, job.model.dtype, device, {"CPU": 1, **gpu})
+    learner = LearnerGroup(job.learner, model_path, job.model.dtype, device, {"CPU": 1, **gpu}, temperature=r.temperature)
     buffer = ray.remote(TrajectoryBuffer).options(name="forge/buffer", max_concurrency=10_000).remote(
         r.group_size, staleness(job), capacity=r.batch_prompts * (staleness(job) + 2))
     return rollout, learner, buffer
@@ -67,7 +67,7 @@ async def run_rl(job: JobConfig, run: Run, model_path: str, device: str) -> dict
     pool = PromptPool(source.tasks("train", job.env.train_tasks, job.env.seed))
     feeder = Feeder(pool, rollout, buffer, group_size=job.rollout.group_size, batch_prompts=job.rollout.batch_prompts,
                     batch_groups=job.learner.batch_groups, max_staleness=staleness(job))
-    feeding = asyncio.create_task(feeder.run())
+    feeder.start()
     run.pop_timers()
     version, t_start, learner_busy, sync_seconds = 0, time.perf_counter(), 0.0, []
     for step in range(1, job.run.steps + 1):
@@ -97,7 +97,6 @@ async def run_rl(job: JobConfig, run: Run, model_path: str, device: str) -> dict
         _log_step(run, step, version, lag, plan, metrics, taken, feeder, t_start)
 
     await feeder.stop()
-    feeding.cancel()
     wall = time.perf_counter() - t_start
     ledger = pool.check(feeder.untaken)
     after = await evaluate(rollout, heldout, job.run.eval_greedy)

@@ -81,11 +81,15 @@ class Feeder:
         self._busy_since = 0.0
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        self._runner: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._runner = asyncio.create_task(self._run())
 
     def allowed(self) -> int:
         return self.n + (self.steps + self.staleness) * self.m + self.extra
 
-    async def run(self) -> None:
+    async def _run(self) -> None:
         while True:
             while self.issued < self.allowed() and self.pool.has_next():
                 task, attempt = self.pool.next()
@@ -132,6 +136,10 @@ class Feeder:
         return self.busy_seconds + live
 
     async def stop(self) -> None:
+        """Stop issuing, then cancel the groups still generating."""
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
         for job in list(self._tasks):
             job.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -4,6 +4,7 @@ evaluation, summary, plots. ``forge-ray run jobs/X.yaml`` calls ``run_job``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -23,14 +24,28 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def worker_env_vars() -> dict[str, str]:
+    """Environment for every Ray worker of the job.
+
+    Under ``ray job submit`` / ``forge-ray submit`` the job's own runtime env reaches this driver
+    through ``RAY_JOB_CONFIG_JSON_ENV_VAR``, and ``ray.init`` refuses to merge it with a driver
+    runtime env that names the same variable: the job's value wins, so leave those out here.
+    """
+    env_vars = {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+    injected = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if injected:
+        job_env = (json.loads(injected).get("runtime_env") or {}).get("env_vars") or {}
+        env_vars = {k: v for k, v in env_vars.items() if k not in job_env}
+    return env_vars
+
+
 def init_ray(job: JobConfig) -> None:
-    """Join ``cluster.address`` or start the embedded local cluster."""
+    """Join ``cluster.address`` ("auto" inside a submitted job) or start the embedded local cluster."""
     import ray
 
     if ray.is_initialized():
         return
-    env_vars = {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": True}
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": worker_env_vars()}, "log_to_driver": True}
     if job.cluster.address:
         ray.init(address=job.cluster.address, **kwargs)
     else:

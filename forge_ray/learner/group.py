@@ -37,13 +37,13 @@ def merge_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
 
 
 class LearnerGroup:
-    def __init__(self, cfg: LearnerConfig, model_path: str, dtype: str, device: str, resources: dict[str, float]):
+    def __init__(self, cfg: LearnerConfig, model_path: str, dtype: str, device: str, resources: dict[str, float], temperature: float = 1.0):
         from forge_ray.cluster.actors import spawn_group
         from forge_ray.learner.worker import FSDPWorker
 
         self.cfg = cfg
         k = cfg.num_workers
-        self.handle = spawn_group(FSDPWorker, "learner", k, resources, lambda rank: ((rank, k, cfg, model_path, dtype, device), {}))
+        self.handle = spawn_group(FSDPWorker, "learner", k, resources, lambda rank: ((rank, k, cfg, model_path, dtype, device, temperature), {}))
         self.workers = self.handle.actors
 
     async def setup(self) -> None:

@@ -37,7 +37,7 @@ def pad_batch(trajs: list[Any], advantages: list[float]) -> dict[str, Any]:
 
 
 class FSDPWorker:
-    def __init__(self, rank: int, world_size: int, cfg: LearnerConfig, model_path: str, dtype: str, device: str):
+    def __init__(self, rank: int, world_size: int, cfg: LearnerConfig, model_path: str, dtype: str, device: str, temperature: float = 1.0):
         import torch
 
         torch.set_num_threads(1)  # ranks share the cores with engines and each other
@@ -45,6 +45,7 @@ class FSDPWorker:
         self.cfg, self.model_path, self.dtype, self.device = cfg, model_path, dtype, device
         self.model = self.optimizer = None
         self.step = 0
+        self.temperature = temperature  # rollouts' sampling temperature: logprobs must match the engine's
 
     def address(self) -> tuple[str, int]:
         """This node's IP and a free port, for rank 0's rendezvous."""
@@ -115,7 +116,7 @@ class FSDPWorker:
         else:
             data = pad_batch(*batch)
         data = {k: v.to(dev) for k, v in data.items()}
-        logits = self.model(input_ids=data["tokens"]).logits.float()
+        logits = self.model(input_ids=data["tokens"]).logits.float() / self.temperature
         logp = token_logprobs(logits, data["tokens"])
         # One update per batch: pi_old is the current policy (ratio 1, gradient intact); the
         # engine's logprobs enter only through truncated importance sampling.

@@ -57,6 +57,7 @@ class VLLMEngine:
         args = AsyncEngineArgs(
             model=self.model_path,
             skip_tokenizer_init=True,  # token-in/token-out: the agent loop owns the tokenizer
+            logprobs_mode="processed_logprobs",  # logprobs of the distribution sampled (after temperature)
             weight_transfer_config=WeightTransferConfig(backend=weight_sync.BACKEND),
             **self._kwargs,
         )

@@ -14,6 +14,7 @@ def test_defaults_and_overrides():
     assert job.run.mode == "sync"
     assert job.learner.lr == 1.0 and isinstance(job.learner.lr, float)  # int accepted for float
     assert job.env.kwargs == {"ops_weights": [1, 0, 0]}
+    assert load_job(None, ["learner.lr=3e-5"]).learner.lr == 3e-5  # YAML 1.1 reads this as a string
     assert isinstance(job, JobConfig)
 
 

@@ -53,27 +53,26 @@ def test_feeder_admission_follows_steps_and_staleness():
         pool = PromptPool(tasks(100))
         rollout = ScriptedRollout(fail_once="t1")
         feeder = Feeder(pool, rollout, None, group_size=4, batch_prompts=6, batch_groups=4, max_staleness=1)
-        runner = asyncio.create_task(feeder.run())
+        feeder.start()
         await asyncio.sleep(0.1)
         first = feeder.issued  # N + (0 + 1) * M = 10, plus one re-queue after t1's failure
         feeder.step_done()
         await asyncio.sleep(0.1)
         second = feeder.issued
         await feeder.stop()
-        runner.cancel()
         return first, second, rollout.calls, feeder
 
     first, second, calls, feeder = asyncio.run(scenario())
     assert first == 11 and second == 15
     assert "t1#1" in calls and "t1#2" in calls  # the failed group was retried under a new attempt
     assert feeder.trajectories == 4 * (len(calls) - 1)
-    assert feeder.busy() > 0
+    assert feeder.busy() > 0 and feeder.inflight == 0
 
 
 def test_sync_mode_admits_one_batch_per_step():
     async def scenario():
         feeder = Feeder(PromptPool(tasks(50)), ScriptedRollout(fail_once=""), None, group_size=2, batch_prompts=4, batch_groups=4, max_staleness=0)
-        runner = asyncio.create_task(feeder.run())
+        feeder.start()
         await asyncio.sleep(0.1)
         counts = [feeder.issued]
         for _ in range(2):
@@ -81,7 +80,6 @@ def test_sync_mode_admits_one_batch_per_step():
             await asyncio.sleep(0.1)
             counts.append(feeder.issued)
         await feeder.stop()
-        runner.cancel()
         return counts
 
     assert asyncio.run(scenario()) == [4, 8, 12]
