@@ -140,17 +140,15 @@ class JobConfig:
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check ``value`` against a resolved field type hint, allowing int -> float."""
+    """Check ``value`` against a resolved field type hint, allowing int/str -> float."""
     hint = annotation
     origin = typing.get_origin(hint)
     if origin is Literal:
         if value not in typing.get_args(hint):
             raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(hint))}")
         return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "3e-5" (no dot) as a string
+    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # ints, and "3e-5", which YAML 1.1 reads as a string (no dot)
             return float(value)
         except ValueError:
             pass
