@@ -76,7 +76,7 @@ async def run_rl(job: JobConfig, run: Run, model_path: str, device: str) -> dict
         for group in taken.stale:  # too old to learn from: run the prompt again
             feeder.requeue(group.task_id)
         feeder.taken([g.task_id for g in taken.groups])
-        plan = plan_update(taken.groups, job.learner.drop_zero_variance)
+        plan = plan_update(taken.groups, job.learner.drop_zero_variance, job.reward.turn_weight)
         lag = max((version - g.min_version for g in taken.groups), default=0)  # policy versions behind
         for group in taken.groups:
             pool.consume(group.task_id)

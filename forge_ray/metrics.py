@@ -62,7 +62,8 @@ class Run:
     @classmethod
     def create(cls, job: JobConfig, resume_dir: str | None = None) -> "Run":
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path(resume_dir) if resume_dir else Path(job.run.root) / f"{job.run.name}-{stamp}"
+        # Absolute: Ray Train workers and actors do not share the driver's working directory.
+        path = (Path(resume_dir) if resume_dir else Path(job.run.root) / f"{job.run.name}-{stamp}").resolve()
         for sub in ("checkpoints", "plots"):
             (path / sub).mkdir(parents=True, exist_ok=True)
         dump_job(job, path / "config.yaml")

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from forge_ray.config import JobConfig
@@ -66,8 +67,8 @@ def tiny_corpus(job: JobConfig, n: int = 400) -> list[str]:
 
 
 def base_model(job: JobConfig, run: Run) -> str:
-    if job.model.path:
-        return job.model.path
+    if job.model.path:  # a local folder is made absolute for the actors; anything else passes through
+        return str(Path(job.model.path).resolve()) if Path(job.model.path).exists() else job.model.path
     from forge_ray.models.tiny import make_tiny_model
 
     out = make_tiny_model(run.dir / "checkpoints" / "base", job.model.tiny_seed, num_layers=job.model.tiny_layers,

@@ -125,6 +125,7 @@ class TrajectoryMeta:
     status: Status
     reward: float
     num_tokens: int
+    turn_rewards: tuple[float, ...] = ()  # per assistant turn, when the reward has them
 
 
 @dataclass(frozen=True)

@@ -105,4 +105,19 @@ class CalculatorEnv:
         parts["format"] = float(well_formed and final_is_answer)
         parts["correct"] = float(answer is not None and answer == gold)
         total = parts["format"] * parts["correct"]
-        return RewardBreakdown(total, parts)
+        return RewardBreakdown(total, parts, per_turn=_turn_rewards(actions, task.answer.get("calls", []), total))
+
+
+def _turn_rewards(actions: list, gold_calls: list, outcome: float) -> list[float]:
+    """Step-wise reward (Klear-AgentForge Eq. 8, on-policy): turn k earns 1 when it makes
+    exactly the k-th gold call (name and every argument) and every earlier turn earned 1;
+    the turn after the last gold call earns the outcome reward."""
+    rewards, prefix_ok = [], True
+    for k, action in enumerate(actions):
+        if k < len(gold_calls):
+            calls = action.tool_calls if action is not None and action.parse_error is None else []
+            prefix_ok = prefix_ok and len(calls) == 1 and calls[0].name == gold_calls[k]["name"] and calls[0].arguments == gold_calls[k]["arguments"]
+            rewards.append(float(prefix_ok))
+        else:
+            rewards.append(outcome if prefix_ok and k == len(gold_calls) else 0.0)
+    return rewards

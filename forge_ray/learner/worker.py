@@ -16,10 +16,11 @@ from forge_ray.config import LearnerConfig
 log = logging.getLogger(__name__)
 
 
-def pad_batch(trajs: list[Any], advantages: list[float]) -> dict[str, Any]:
+def pad_batch(trajs: list[Any], advantages: list[Any]) -> dict[str, Any]:
     """Right-pad trajectories into tensors: tokens, loss mask, engine logprobs, advantages.
 
-    Shapes: tokens/mask/infer_logp (B, T); advantages (B,).
+    An advantage is a float (the whole trajectory) or a list with one value per turn, spread
+    over that turn's tokens. Shapes: tokens/mask/infer_logp/advantages (B, T).
     """
     import torch
 
@@ -28,12 +29,18 @@ def pad_batch(trajs: list[Any], advantages: list[float]) -> dict[str, Any]:
     tokens = torch.zeros(B, T, dtype=torch.long)
     mask = torch.zeros(B, T)
     infer = torch.zeros(B, T)
+    adv = torch.zeros(B, T)
     for i, t in enumerate(trajs):
         n = len(t.tokens)
         tokens[i, :n] = torch.tensor(t.tokens)
         mask[i, :n] = torch.tensor(t.loss_mask, dtype=torch.float)
         infer[i, :n] = torch.tensor(t.logprobs)
-    return {"tokens": tokens, "mask": mask, "infer_logp": infer, "advantages": torch.tensor(advantages, dtype=torch.float)}
+        if isinstance(advantages[i], (list, tuple)):
+            for turn, a in zip(t.turns, advantages[i]):
+                adv[i, turn.start : turn.end] = a
+        else:
+            adv[i, :n] = advantages[i]
+    return {"tokens": tokens, "mask": mask, "infer_logp": infer, "advantages": adv}
 
 
 class FSDPWorker:
@@ -112,7 +119,7 @@ class FSDPWorker:
 
         dev = "cuda" if self.device == "cuda" else "cpu"
         if batch is None:  # a rank with less data still joins the collectives, with zero loss
-            data = {"tokens": torch.zeros(1, 2, dtype=torch.long), "mask": torch.zeros(1, 2), "infer_logp": torch.zeros(1, 2), "advantages": torch.zeros(1)}
+            data = {"tokens": torch.zeros(1, 2, dtype=torch.long), "mask": torch.zeros(1, 2), "infer_logp": torch.zeros(1, 2), "advantages": torch.zeros(1, 2)}
         else:
             data = pad_batch(*batch)
         data = {k: v.to(dev) for k, v in data.items()}

@@ -26,6 +26,7 @@ def trajectory_meta(traj: Trajectory) -> TrajectoryMeta:
         status=traj.status,
         reward=traj.reward.total if traj.reward else 0.0,
         num_tokens=traj.num_sampled,
+        turn_rewards=tuple(traj.reward.per_turn or ()) if traj.reward else (),
     )
 
 

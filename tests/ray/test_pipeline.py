@@ -43,8 +43,10 @@ def test_async_with_sft(ray_cluster, tmp_path, tiny_model):
     assert list((d / "wandb").glob("offline-run-*"))  # W&B offline run written into the run dir
 
 
-def test_sync_mode_is_on_policy(ray_cluster, tmp_path, tiny_model):
-    summary = run(tmp_path, f"model.path={tiny_model}", "sft.enabled=false", "run.mode=sync")
+def test_sync_mode_is_on_policy(ray_cluster, tmp_path, tiny_model, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative run root, as in jobs/quickstart.yaml
+    summary = run(tmp_path, f"model.path={tiny_model}", "sft.enabled=false", "run.mode=sync", "run.root=runs", "reward.turn_weight=0.5")
+    assert Path(summary["run_dir"]).is_absolute() and Path(summary["run_dir"]).parent == tmp_path / "runs"
     check_ledger(summary)
     rows = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert all(r["staleness_max"] == 0 and r["groups_stale"] == 0 for r in rows if r["stage"] == "rl")

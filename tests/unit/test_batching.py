@@ -34,3 +34,23 @@ def test_advantages_masking_and_drops():
 def test_zero_variance_kept_when_asked():
     plan = plan_update([group("b", [0.0, 0.0])], drop_zero_variance=False)
     assert plan.groups_used == 1 and [adv for _, adv, _ in plan.items] == [0.0, 0.0]
+
+
+def test_turn_credit_from_step_rewards():
+    g = group("t", [1.0, 0.0])
+    g.metas[0] = TrajectoryMeta("t", "t", 0, 0, Status.OK, 1.0, 10, turn_rewards=(1.0, 1.0))
+    g.metas[1] = TrajectoryMeta("t", "t", 1, 0, Status.OK, 0.0, 10, turn_rewards=(1.0, 0.0, 0.0))
+    plan = plan_update([g], drop_zero_variance=True, turn_weight=0.5)
+    # outcome advantages: rewards [1, 0] -> mean .5, sample std .7071 -> +-0.7071
+    # turn means: k0 (1+1)/2 = 1, k1 (1+0)/2 = .5, k2 (0+0)/2 = 0
+    (a0, a1) = [adv for _, adv, _ in plan.items]
+    assert a0 == pytest.approx([0.7071 + 0.5 * 0.0, 0.7071 + 0.5 * 0.5], abs=1e-3)
+    assert a1 == pytest.approx([-0.7071, -0.7071 - 0.25, -0.7071], abs=1e-3)
+
+
+def test_equal_outcomes_with_different_turns_are_kept():
+    g = group("t", [0.0, 0.0])
+    g.metas[0] = TrajectoryMeta("t", "t", 0, 0, Status.OK, 0.0, 10, turn_rewards=(1.0, 0.0))
+    g.metas[1] = TrajectoryMeta("t", "t", 1, 0, Status.OK, 0.0, 10, turn_rewards=(0.0,))
+    assert plan_update([g], drop_zero_variance=True, turn_weight=1.0).groups_used == 1
+    assert plan_update([g], drop_zero_variance=True, turn_weight=0.0).groups_used == 0

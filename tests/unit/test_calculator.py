@@ -253,3 +253,20 @@ def test_step_never_raises_on_weird_calls(task):
     for call in [ToolCall("add", {"a": [1], "b": {}}), ToolCall("", {}), ToolCall("mul", None)]:
         result = env.step(Action("x", [call]))
         assert result.messages[0]["content"].startswith("error: ")
+
+
+def test_step_wise_turn_rewards():
+    """Eq. 8 on-policy: a turn earns 1 while the gold call prefix holds; the answer turn earns
+    the outcome."""
+    from forge_ray.rollout.chat import render_tool_call
+    from forge_ray.types import ToolCall
+
+    source = CalculatorTasks(ops_weights=(0, 1, 0))
+    task = source.tasks("train", 1, 4)[0]
+    expert = source.expert(task)
+    env = CalculatorEnv()
+    assert env.score(task, task.messages + expert).per_turn == [1.0, 1.0, 1.0]
+    wrong = [dict(m) for m in expert]
+    first = task.answer["calls"][0]
+    wrong[0]["content"] = render_tool_call(ToolCall(first["name"], {**first["arguments"], "a": first["arguments"]["a"] + 1}))
+    assert env.score(task, task.messages + wrong).per_turn == [0.0, 0.0, 0.0]
