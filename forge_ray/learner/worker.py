@@ -139,7 +139,7 @@ class FSDPWorker:
             mismatch = ((logp.detach() - data["infer_logp"]).abs() * data["mask"]).sum().item()
         for name in ("clip_frac", "ratio_mean", "tis_mean", "tis_clip_frac", "approx_kl"):
             sums[name] = sums.get(name, 0.0) + m[name] * k
-        sums["loss_sum"] = sums.get("loss_sum", 0.0) + float(loss)  # already divided by num_tokens / W
+        sums["loss_sum"] = sums.get("loss_sum", 0.0) + float(loss.detach())  # already divided by num_tokens / W
         sums["entropy"] = sums.get("entropy", 0.0) + ent
         sums["logp_mismatch"] = sums.get("logp_mismatch", 0.0) + mismatch
         sums["tokens"] = sums.get("tokens", 0.0) + k
