@@ -49,12 +49,23 @@ def staleness(job: JobConfig) -> int:
 
 async def run_rl(job: JobConfig, run: Run, model_path: str, device: str) -> dict[str, Any]:
     """Train ``model_path`` with asynchronous multi-turn GRPO; returns the RL summary."""
+    rollout, learner, buffer = _spawn(job, model_path, device)
+    try:
+        return await _train(job, run, rollout, learner, buffer)
+    finally:  # free the actors and placement groups even when training fails
+        import ray
+
+        rollout.shutdown()
+        learner.shutdown()
+        ray.kill(buffer)
+
+
+async def _train(job: JobConfig, run: Run, rollout: Any, learner: Any, buffer: Any) -> dict[str, Any]:
     from envs import make_tasks
     from forge_ray.eval import evaluate
     from forge_ray.feeder import Feeder, PromptPool
     from forge_ray.learner.batching import plan_update
 
-    rollout, learner, buffer = _spawn(job, model_path, device)
     with run.timer("startup"):
         engine_seconds, _ = await asyncio.gather(rollout.start(), learner.setup())
     log.info("engines up in %s s; learner ranks ready", [round(s, 1) for s in engine_seconds])
@@ -103,8 +114,6 @@ async def run_rl(job: JobConfig, run: Run, model_path: str, device: str) -> dict
     run.log("eval", job.run.steps, {"name": "rl", **after})
     log.info("held-out success after RL: %.3f (before %.3f)", after["success"], before["success"])
     final_dir = await learner.save_hf(str(run.dir / "checkpoints" / "rl"))
-    rollout.shutdown()
-    learner.shutdown()
     return {
         "sft_success": before["success"], "rl_success": after["success"], "eval_tasks": after["n"],
         "rl_checkpoint": final_dir, "policy_version": version, "rl_wall_seconds": wall,
