@@ -32,7 +32,8 @@ def main() -> None:
     for mode in ("sync", "async"):
         job = load_job(args.job, [f"model.path={args.model}", "sft.enabled=false", f"run.steps={args.steps}",
                                   f"run.mode={mode}", f"run.name=bench-{mode}", "run.wandb_mode=disabled", *args.set])
-        results[mode] = {k: run_job(job).get(k) for k in KEYS}
+        summary = run_job(job)
+        results[mode] = {k: summary.get(k) for k in KEYS}
     s, a = results["sync"], results["async"]
     print(f"\n{'':24}{'sync':>10}{'async':>10}{'async/sync':>12}")
     for k in KEYS:
