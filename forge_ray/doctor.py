@@ -23,8 +23,12 @@ def report() -> list[tuple[str, str]]:
         device = f"cuda: {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     else:
         device = f"cpu: {os.cpu_count()} cores (torch {torch.__version__})"
-    bwrap = shutil.which("bwrap")
-    sandbox = f"bwrap ({bwrap})" if bwrap else "process (WARNING: bubblewrap missing; no namespace isolation)"
+    from forge_ray.env.sandbox import INSTALL_HINT, available_backend, bwrap_problem
+
+    if available_backend() == "bwrap":
+        sandbox = f"bwrap ({shutil.which('bwrap')})"
+    else:
+        sandbox = f"process (WARNING: no namespace isolation for untrusted code: {bwrap_problem()}; {INSTALL_HINT})"
     mem = psutil.virtual_memory()
     return [
         ("device", device),
