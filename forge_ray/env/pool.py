@@ -1,0 +1,368 @@
+"""EnvPool: environments hosted in their own Ray actors, leased per episode.
+
+    EnvHost         plain class, one per actor ``forge/env-<i>`` (spawn_group, role "env"): up to
+                    ``slots`` Env instances, one per concurrent episode (a threaded actor)
+    EnvPoolManager  async actor ``forge/env-pool``: owns the env actors (their ActorGroupHandle),
+                    hands out leases under a cap of ``pool_size * slots``, and is the ONE place
+                    a dead or hung env actor is replaced (once, whoever reports it first)
+    EnvPool         picklable handle (the manager's handle and the call timeout): lease/release,
+                    and the calls, made straight to the env actor with a per-call timeout
+    PooledEnv       ``AsyncEnv`` on top of a lease, so ``run_episode`` uses it unchanged
+
+A call that meets a dead actor, or gets no answer in ``step_timeout_s``, raises ``EnvPoolError``
+(never a ``TimeoutError``: the agent loop must not read it as the episode's own time limit), so
+the episode ends ``Status.ENV_FAILURE``; the manager replaces the actor, killing it if it still
+runs, so every other lease on it fails as well. ``RolloutWorker.run_group`` sees
+``PooledEnv.failed`` and fails the whole group, and the feeder re-queues its prompt.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from forge_ray.types import RewardBreakdown, StepResult, Task
+
+log = logging.getLogger(__name__)
+
+ENV_ACTOR_CPUS = 1.0  # logical CPUs reserved per env actor (its placement bundle)
+
+
+class EnvPoolError(RuntimeError):
+    """An env actor died or did not answer in time. The episode ends ``ENV_FAILURE`` and its
+    group's prompt is re-queued (a pool fault says nothing about the policy)."""
+
+
+@dataclass(frozen=True)
+class EnvPoolSpec:
+    env_name: str
+    env_kwargs: dict
+    pool_size: int  # env actors
+    slots: int  # concurrent episodes per env actor
+    step_timeout_s: float = 30.0  # limit of one reset/step/score call
+
+    def __post_init__(self) -> None:
+        if self.pool_size < 1 or self.slots < 1:
+            raise ValueError(f"env pool needs pool_size >= 1 and slots >= 1, got {self.pool_size} and {self.slots}")
+        if self.step_timeout_s <= 0:
+            raise ValueError(f"env pool step_timeout_s must be > 0, got {self.step_timeout_s}")
+
+
+@dataclass(frozen=True)
+class EnvLease:
+    """One slot of one env actor, held for one episode."""
+
+    lease_id: int
+    actor_index: int
+    generation: int  # of the actor at lease time; a replaced actor's leases are void
+    slot: int
+    actor: Any  # the env actor's handle
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    capacity: int
+    leased: int
+    waiting: int
+    failures: int  # leases that reported a failure
+    restarts: int  # env actors replaced
+    generations: tuple[int, ...]
+
+
+class EnvHost:
+    """Inside actor ``forge/env-<i>``: ``slots`` environments, created on first use."""
+
+    def __init__(self, env_name: str, env_kwargs: dict, slots: int, index: int = 0):
+        from envs import make_env
+
+        make_env(env_name, **env_kwargs)  # fail here, loudly, on a bad name or kwargs
+        self.env_name, self.env_kwargs, self.slots, self.index = env_name, env_kwargs, slots, index
+        self.envs: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self._start = self._window = time.monotonic()
+        self._busy = self._busy_window = 0.0
+        self.calls = 0
+
+    def _env(self, slot: int) -> Any:
+        from envs import make_env
+
+        if not isinstance(slot, int) or not 0 <= slot < self.slots:
+            raise ValueError(f"env actor {self.index}: slot {slot!r} outside 0..{self.slots - 1}")
+        with self._lock:
+            if slot not in self.envs:
+                self.envs[slot] = make_env(self.env_name, **self.env_kwargs)
+            return self.envs[slot]
+
+    def _timed(self, fn, *args) -> Any:
+        from forge_ray import telemetry
+
+        t0 = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            now = time.monotonic()
+            with self._lock:
+                self._busy += now - t0
+                self._busy_window += now - t0
+                self.calls += 1
+                report = now - self._window >= 1.0
+                if report:
+                    fraction = self._busy_window / ((now - self._window) * self.slots)
+                    self._window, self._busy_window = now, 0.0
+            if report:
+                telemetry.record("env_busy_fraction", fraction, role="env")
+
+    def reset(self, slot: int, task: Task) -> None:
+        self._timed(self._env(slot).reset, task)
+
+    def step(self, slot: int, action: Any) -> StepResult:
+        return self._timed(self._env(slot).step, action)
+
+    def score(self, slot: int, task: Task, messages: list[dict]) -> RewardBreakdown:
+        return self._timed(self._env(slot).score, task, messages)
+
+    def stats(self) -> dict[str, float]:
+        wall = time.monotonic() - self._start
+        return {"calls": self.calls, "busy_fraction": self._busy / max(wall * self.slots, 1e-9)}
+
+    def ping(self) -> int:
+        return self.index
+
+
+class EnvPoolManager:
+    """Inside actor ``forge/env-pool``: the env actors, the lease cap, and replacements."""
+
+    def __init__(self, spec: EnvPoolSpec):
+        from forge_ray.cluster.actors import spawn_group
+
+        self.spec = spec
+        self.handle = spawn_group(EnvHost, "env", spec.pool_size, {"CPU": ENV_ACTOR_CPUS},
+                                  lambda rank: ((spec.env_name, spec.env_kwargs, spec.slots, rank), {}),
+                                  max_concurrency=spec.slots)
+        self.capacity = spec.pool_size * spec.slots
+        self.free = [list(range(spec.slots)) for _ in range(spec.pool_size)]
+        self.generation = [0] * spec.pool_size
+        self.leased = self.waiting = self.failures = self.restarts = 0
+        self._ids = 0
+        self._cond: asyncio.Condition | None = None
+
+    def _condition(self) -> asyncio.Condition:
+        if self._cond is None:  # made on the actor's event loop
+            self._cond = asyncio.Condition()
+        return self._cond
+
+    async def ready(self) -> int:
+        """Wait until every env actor answers; the number of slots."""
+        await asyncio.gather(*(a.ping.remote() for a in self.handle.actors))
+        return self.capacity
+
+    async def lease(self) -> EnvLease:
+        """A free slot on the least-loaded actor; waits while ``capacity`` leases are out.
+        Invariant: free slots >= capacity - leased (a replacement frees all its slots while the
+        old generation's leases still count until released), so a slot exists once admitted."""
+        from forge_ray import telemetry
+
+        cond = self._condition()
+        async with cond:
+            self.waiting += 1
+            telemetry.record("env_leases_waiting", self.waiting, role="env")
+            try:
+                await cond.wait_for(lambda: self.leased < self.capacity)
+            finally:
+                self.waiting -= 1
+                telemetry.record("env_leases_waiting", self.waiting, role="env")
+            i = max(range(len(self.free)), key=lambda k: len(self.free[k]))
+            slot = self.free[i].pop()
+            self.leased += 1
+            self._ids += 1
+            return EnvLease(self._ids, i, self.generation[i], slot, self.handle.actors[i])
+
+    async def release(self, lease: EnvLease) -> None:
+        cond = self._condition()
+        async with cond:
+            self.leased -= 1
+            if lease.generation == self.generation[lease.actor_index]:
+                self.free[lease.actor_index].append(lease.slot)
+            cond.notify()
+
+    def report_failure(self, lease: EnvLease, reason: str) -> bool:
+        """A call on ``lease`` failed. Replace its actor unless that generation was replaced
+        already (no await in here: the check and the replacement are one step on the loop).
+        True when this report caused the replacement."""
+        from forge_ray import telemetry
+
+        self.failures += 1
+        telemetry.count("env_failures", 1, role="env")
+        i = lease.actor_index
+        if lease.generation != self.generation[i]:
+            return False
+        log.warning("env actor %d (generation %d) failed: %s; replacing it", i, lease.generation, reason)
+        self.handle.respawn(i)  # kills it if it still runs: its other leases fail on their next call
+        self.generation[i] += 1
+        self.free[i] = list(range(self.spec.slots))
+        self.restarts += 1
+        return True
+
+    def stats(self) -> PoolStats:
+        return PoolStats(self.capacity, self.leased, self.waiting, self.failures, self.restarts, tuple(self.generation))
+
+    def actors(self) -> list[Any]:
+        return list(self.handle.actors)
+
+    def shutdown(self) -> None:
+        self.handle.shutdown()
+
+
+class EnvPool:
+    """Client handle of the pool (picklable: pass it into rollout actors)."""
+
+    def __init__(self, manager: Any, step_timeout_s: float):
+        self.manager, self.step_timeout_s = manager, step_timeout_s
+
+    @classmethod
+    def create(cls, spec: EnvPoolSpec, timeout_s: float = 300.0) -> "EnvPool":
+        """Start the manager (which spawns the env actors) and wait until every actor answers."""
+        import ray
+
+        manager = ray.remote(EnvPoolManager).options(name="forge/env-pool", num_cpus=0, max_concurrency=10_000).remote(spec)
+        try:
+            capacity = ray.get(manager.ready.remote(), timeout=timeout_s)
+        except Exception:
+            ray.kill(manager, no_restart=True)
+            raise
+        log.info("env pool up: %d actors x %d slots of %s", spec.pool_size, spec.slots, spec.env_name)
+        assert capacity == spec.pool_size * spec.slots
+        return cls(manager, spec.step_timeout_s)
+
+    async def lease(self) -> EnvLease:
+        return await self.manager.lease.remote()
+
+    async def release(self, lease: EnvLease) -> None:
+        await self.manager.release.remote(lease)
+
+    async def stats(self) -> PoolStats:
+        return await self.manager.stats.remote()
+
+    async def call(self, lease: EnvLease, method: str, *args: Any) -> Any:
+        """``method(slot, *args)`` on the lease's actor, within ``step_timeout_s``. A dead actor
+        or a timeout is reported to the manager and raised as ``EnvPoolError``; an exception the
+        environment itself raised comes through as it is."""
+        from ray.exceptions import RayActorError
+
+        try:
+            return await asyncio.wait_for(getattr(lease.actor, method).remote(lease.slot, *args), self.step_timeout_s)
+        except (asyncio.TimeoutError, RayActorError) as e:
+            reason = f"{method} timed out after {self.step_timeout_s:g} s" if isinstance(e, asyncio.TimeoutError) else f"{method}: {type(e).__name__}"
+        try:
+            await self.manager.report_failure.remote(lease, reason)
+        except RayActorError as e:
+            reason += f" (and the pool manager is gone: {type(e).__name__})"
+        raise EnvPoolError(f"env actor {lease.actor_index} (generation {lease.generation}): {reason}")
+
+    def shutdown(self) -> None:
+        import ray
+
+        try:
+            ray.get(self.manager.shutdown.remote(), timeout=60)
+        except Exception as e:  # a dead manager took its env actors with it
+            log.warning("env pool shutdown: %s", e)
+        ray.kill(self.manager, no_restart=True)
+
+
+class PooledEnv:
+    """``AsyncEnv`` on a pool lease: leased by ``open`` (or the first ``reset``), given back by
+    ``close``. ``failed`` holds the reason once a pool fault ended the episode. ``scorer``
+    (e.g. ``RewardClient``), when set, scores instead of the env actor."""
+
+    def __init__(self, pool: EnvPool, scorer: Any = None):
+        self.pool, self.scorer = pool, scorer
+        self.lease: EnvLease | None = None
+        self.failed: str | None = None
+
+    async def open(self) -> None:
+        if self.lease is None:
+            self.lease = await self.pool.lease()
+
+    async def close(self) -> None:
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            await self.pool.release(lease)
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        if self.failed:
+            raise EnvPoolError(self.failed)
+        if self.lease is None:
+            raise RuntimeError(f"PooledEnv.{method} without a lease: call reset() (or open()) first")
+        try:
+            return await self.pool.call(self.lease, method, *args)
+        except EnvPoolError as e:
+            self.failed = str(e)
+            raise
+
+    async def reset(self, task: Task) -> None:
+        await self.open()
+        await self._call("reset", task)
+
+    async def step(self, action: Any) -> StepResult:
+        from forge_ray import telemetry
+
+        t0 = time.monotonic()
+        result = await self._call("step", action)
+        telemetry.record("env_step_seconds", time.monotonic() - t0, role="rollout")
+        return result
+
+    async def score(self, task: Task, messages: list[dict]) -> RewardBreakdown:
+        if self.scorer is not None:
+            return await self.scorer.score(task, messages)
+        return await self._call("score", task, messages)
+
+
+@contextlib.asynccontextmanager
+async def opened(env: Any) -> AsyncIterator[Any]:
+    """Hold a pool lease for one episode (leased before the episode's clock starts); a no-op
+    for in-process environments."""
+    if isinstance(env, PooledEnv):
+        await env.open()
+    try:
+        yield env
+    finally:
+        if isinstance(env, PooledEnv):
+            await env.close()
+
+
+@dataclass
+class EnvServices:
+    """What ``driver._spawn`` starts besides the engines: the env pool and the reward actor
+    (each ``None`` when not configured), and the client the rollout workers score through."""
+
+    pool: EnvPool | None = None
+    reward: Any = None  # the RewardActor's handle
+    scorer: Any = None  # RewardClient on it
+
+    @classmethod
+    def start(cls, job: Any, env_kwargs: dict) -> "EnvServices":
+        env, services = job.env, cls()
+        try:
+            if env.pool_size != 0:  # a negative size fails in EnvPoolSpec
+                services.pool = EnvPool.create(EnvPoolSpec(env.name, env_kwargs, env.pool_size, env.pool_slots, env.step_timeout_s))
+            if job.reward.actor:
+                from forge_ray.reward.actor import RewardClient, spawn_reward_actor
+
+                services.reward = spawn_reward_actor(env.name, env_kwargs, timeout_s=env.step_timeout_s)
+                services.scorer = RewardClient(services.reward, env.step_timeout_s)
+        except BaseException:
+            services.shutdown()
+            raise
+        return services
+
+    def shutdown(self) -> None:
+        import ray
+
+        if self.pool is not None:
+            self.pool.shutdown()
+        if self.reward is not None:
+            ray.kill(self.reward, no_restart=True)
