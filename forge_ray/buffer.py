@@ -89,6 +89,22 @@ class TrajectoryBuffer:
             self._cond.notify_all()
         return Taken(taken, stale)
 
+    def discard(self, group_id: str) -> int:
+        """Drop the partial group ``group_id`` (its producer failed; the prompt runs again)."""
+        group = self._partial.pop(group_id, None)
+        return len(group.metas) if group else 0
+
+    async def snapshot(self) -> list[tuple[str, list[Any]]]:
+        """The complete groups waiting now, as ``(task_id, trajectories)``, left in place
+        (checkpoints). The payloads are fetched here so no ref leaves the buffer."""
+        ready = list(self._ready)
+        trajs = list(await asyncio.gather(*(ref for g in ready for ref in g.refs)))
+        out, i = [], 0
+        for g in ready:
+            out.append((g.task_id, trajs[i : i + len(g.refs)]))
+            i += len(g.refs)
+        return out
+
     def drain(self) -> list[Group]:
         """Remove and return every complete group (checkpointing and shutdown)."""
         ready, self._ready = self._ready, []

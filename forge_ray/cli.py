@@ -4,6 +4,9 @@
     forge-ray submit jobs/quickstart.yaml --address http://HEAD:8265 [--set ...] [--follow | --no-wait | --print-only]
     forge-ray make-tiny-model OUT_DIR [--seed 0]
     forge-ray doctor
+    forge-ray eval bfcl (--model DIR | --gold) [--categories simple_python,...] [--limit N] [--out FILE.json]
+    forge-ray prepare-model smollm2 OUT_DIR
+    forge-ray sandbox run [--backend auto|bwrap|process|container] [--timeout S] [--memory-mb M] [--workdir DIR] -- CMD ARGS...
 """
 from __future__ import annotations
 
@@ -86,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(fn=_make_tiny)
     doctor = sub.add_parser("doctor", help="print what this machine offers")
     doctor.set_defaults(fn=_doctor)
+    __import__("forge_ray.eval.cli", fromlist=["add_parser"]).add_parser(sub)
+    __import__("forge_ray.models.cli", fromlist=["add_parser"]).add_parser(sub)
+    __import__("forge_ray.env.sandbox_cli", fromlist=["add_parser"]).add_parser(sub)
     return p
 
 

@@ -44,6 +44,9 @@ class EnvConfig:
     max_turns: int = 6  # tool turns before an episode is truncated
     seed: int = 0  # task-generation seed
     kwargs: dict = field(default_factory=dict)  # extra keyword arguments for the environment's task source
+    pool_size: int = 0  # env actors; 0 = environments run inside the rollout actors
+    pool_slots: int = 16  # concurrent episodes per env actor (pool_size > 0)
+    step_timeout_s: float = 30.0  # limit of one env-pool call (reset/step/score) and of one reward-actor score
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class RolloutConfig:
 @dataclass(frozen=True)
 class RewardConfig:
     turn_weight: float = 0.0  # weight of per-turn rewards added to the trajectory advantage (0 = outcome only)
+    actor: bool = False  # score in the reward actor (forge/reward) as each episode ends, instead of in the rollout actor
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,9 @@ class RunConfig:
     wandb_project: str = "forge_ray"  # W&B project
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online iff WANDB_API_KEY is set
     log_every: int = 1  # print a progress line every N steps
+    checkpoint_every: int = 0  # RL steps between checkpoints (learner, data cursor, buffer); 0 = none
+    keep_checkpoints: int = 2  # newest RL checkpoints kept in <run>/checkpoints/
+    sample_every: int = 10  # log a table of sample trajectories every N RL steps (0 = never)
 
 
 # The working dir upload is capped at 100 MB: keep environments, run outputs and weights out.

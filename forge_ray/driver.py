@@ -16,16 +16,20 @@ import logging
 import time
 from typing import Any
 
+from forge_ray import checkpoint
+from forge_ray.checkpoint import DriverState
 from forge_ray.config import JobConfig
+from forge_ray.eval import evaluate
 from forge_ray.metrics import Run
 
 log = logging.getLogger("forge_ray.rl")
 
 
-def _spawn(job: JobConfig, model_path: str, device: str) -> tuple[Any, Any, Any]:
+def _spawn(job: JobConfig, model_path: str, device: str) -> tuple[Any, Any, Any, Any]:
     import ray
 
     from forge_ray.buffer import TrajectoryBuffer
+    from forge_ray.env.pool import EnvServices
     from forge_ray.learner.group import LearnerGroup
     from forge_ray.rollout.agent_loop import EpisodeSpec
     from forge_ray.rollout.group import RolloutGroup
@@ -36,11 +40,13 @@ def _spawn(job: JobConfig, model_path: str, device: str) -> tuple[Any, Any, Any]
                          gpu_memory_utilization=r.gpu_memory_utilization, device=device, seed=job.run.seed)
     env_kwargs = {"max_tool_turns": env.max_turns} if env.name == "calculator" else {}
     gpu = {"GPU": 1} if device == "cuda" else {}
-    rollout = RolloutGroup(model_path, r.num_engines, engine_kwargs, env.name, env_kwargs, spec, {"CPU": 1, **gpu})
+    services = EnvServices.start(job, env_kwargs)  # env pool / reward actor, when configured
+    rollout = RolloutGroup(model_path, r.num_engines, engine_kwargs, env.name, env_kwargs, spec, {"CPU": 1, **gpu},
+                           env_pool=services.pool, scorer=services.scorer)
     learner = LearnerGroup(job.learner, model_path, job.model.dtype, device, {"CPU": 1, **gpu}, temperature=r.temperature)
     buffer = ray.remote(TrajectoryBuffer).options(name="forge/buffer", max_concurrency=10_000).remote(
         r.group_size, staleness(job), capacity=r.batch_prompts * (staleness(job) + 2))
-    return rollout, learner, buffer
+    return rollout, learner, buffer, services
 
 
 def staleness(job: JobConfig) -> int:
@@ -49,87 +55,152 @@ def staleness(job: JobConfig) -> int:
 
 async def run_rl(job: JobConfig, run: Run, model_path: str, device: str) -> dict[str, Any]:
     """Train ``model_path`` with asynchronous multi-turn GRPO; returns the RL summary."""
-    rollout, learner, buffer = _spawn(job, model_path, device)
+    rollout, learner, buffer, services = _spawn(job, model_path, device)
     try:
         return await _train(job, run, rollout, learner, buffer)
     finally:  # free the actors and placement groups even when training fails
         import ray
 
         rollout.shutdown()
+        services.shutdown()
         learner.shutdown()
         ray.kill(buffer)
 
 
 async def _train(job: JobConfig, run: Run, rollout: Any, learner: Any, buffer: Any) -> dict[str, Any]:
     from envs import make_tasks
-    from forge_ray.eval import evaluate
     from forge_ray.feeder import Feeder, PromptPool
-    from forge_ray.learner.batching import plan_update
 
     with run.timer("startup"):
         engine_seconds, _ = await asyncio.gather(rollout.start(), learner.setup())
     log.info("engines up in %s s; learner ranks ready", [round(s, 1) for s in engine_seconds])
     source = make_tasks(job.env.name, **job.env.kwargs)
     heldout = source.tasks("heldout", job.env.eval_tasks, job.env.seed)
-    before = await evaluate(rollout, heldout, job.run.eval_greedy)
-    run.log("eval", 0, {"name": "sft", **before})
-    log.info("held-out success before RL: %.3f (n=%d)", before["success"], before["n"])
-
     pool = PromptPool(source.tasks("train", job.env.train_tasks, job.env.seed))
     feeder = Feeder(pool, rollout, buffer, group_size=job.rollout.group_size, batch_prompts=job.rollout.batch_prompts,
                     batch_groups=job.learner.batch_groups, max_staleness=staleness(job))
+    state = await _begin(job, run, rollout, learner, buffer, pool, feeder, heldout)
     feeder.start()
     run.pop_timers()
-    version, t_start, learner_busy, sync_seconds = 0, time.perf_counter(), 0.0, []
-    for step in range(1, job.run.steps + 1):
-        with run.timer("wait_rollout"):
-            taken = await buffer.take.remote(job.learner.batch_groups, version)
-        for group in taken.stale:  # too old to learn from: run the prompt again
-            feeder.requeue(group.task_id)
-        feeder.taken([g.task_id for g in taken.groups])
-        plan = plan_update(taken.groups, job.learner.drop_zero_variance, job.reward.turn_weight)
-        lag = max((version - g.min_version for g in taken.groups), default=0)  # policy versions behind
-        for group in taken.groups:
-            pool.consume(group.task_id)
-
-        metrics: dict[str, Any] = {}
-        if plan.items:
-            t0 = time.perf_counter()
-            with run.timer("train"):
-                metrics = await learner.train_step(plan.items)
-            version += 1
-            with run.timer("sync"):
-                refs = await learner.export_weights(version, job.rollout.bucket_mb)
-                learner_busy += time.perf_counter() - t0
-                syncs = await rollout.update_weights(version, refs)
-            sync_seconds.append(max(s["sync_seconds"] for s in syncs))
-            metrics["sync_seconds"] = sync_seconds[-1]
-        feeder.step_done()
-        _log_step(run, step, version, lag, plan, metrics, taken, feeder, t_start)
+    t_start = time.perf_counter() - state.wall
+    for step in range(state.step + 1, job.run.steps + 1):
+        await _step(job, run, step, state, rollout, learner, buffer, pool, feeder, t_start)
+        if job.run.checkpoint_every and step % job.run.checkpoint_every == 0 and step < job.run.steps:
+            await _checkpoint(job, run, state, learner, buffer, pool, feeder, t_start)
 
     await feeder.stop()
     wall = time.perf_counter() - t_start
     ledger = pool.check(feeder.untaken)
     after = await evaluate(rollout, heldout, job.run.eval_greedy)
     run.log("eval", job.run.steps, {"name": "rl", **after})
-    log.info("held-out success after RL: %.3f (before %.3f)", after["success"], before["success"])
+    log.info("held-out success after RL: %.3f (before %.3f)", after["success"], state.before["success"])
     final_dir = await learner.save_hf(str(run.dir / "checkpoints" / "rl"))
     return {
-        "sft_success": before["success"], "rl_success": after["success"], "eval_tasks": after["n"],
-        "rl_checkpoint": final_dir, "policy_version": version, "rl_wall_seconds": wall,
+        "sft_success": state.before["success"], "rl_success": after["success"], "eval_tasks": after["n"],
+        "rl_checkpoint": final_dir, "policy_version": state.version, "rl_wall_seconds": wall,
         "trajectories": feeder.trajectories, "trajectories_per_s": feeder.trajectories / wall,
-        "rollout_idle_frac": 1 - feeder.busy() / wall, "learner_idle_frac": 1 - learner_busy / wall,
-        "sync_seconds_mean": sum(sync_seconds) / max(len(sync_seconds), 1),
-        "engine_start_seconds": engine_seconds, **ledger,
+        "rollout_idle_frac": 1 - feeder.busy() / wall, "learner_idle_frac": 1 - state.learner_busy / wall,
+        "sync_seconds_mean": sum(state.sync_seconds) / max(len(state.sync_seconds), 1),
+        "engine_start_seconds": engine_seconds, "rollout_restarts": rollout.restarts, "learner_restarts": learner.restarts, **ledger,
     }
 
 
-def _log_step(run: Run, step: int, version: int, lag: int, plan: Any, metrics: dict, taken: Any, feeder: Any, t_start: float) -> None:
+async def _begin(job: JobConfig, run: Run, rollout: Any, learner: Any, buffer: Any, pool: Any, feeder: Any, heldout: list) -> DriverState:
+    """Evaluate the starting policy; or, when the run directory has an RL checkpoint, continue
+    from it: learner state, engine weights, prompt ledger, buffered groups, step axis."""
+    path = checkpoint.latest(run.dir)
+    if path is None:
+        before = await evaluate(rollout, heldout, job.run.eval_greedy)
+        run.log("eval", 0, {"name": "sft", **before})
+        log.info("held-out success before RL: %.3f (n=%d)", before["success"], before["n"])
+        return DriverState(before=before)
+    restored = checkpoint.load(path)
+    state = restored.state
+    await learner.load_checkpoint(str(path))
+    await rollout.update_weights(state.version, await learner.export_weights(state.version, job.rollout.bucket_mb))
+    pool.restore(state.ledger)
+    buffered = await checkpoint.refill(buffer, restored.groups)
+    requeue = checkpoint.inflight(state.untaken, buffered)
+    feeder.restore(state.step, state.trajectories, state.rollout_busy, buffered, requeue)
+    run.truncate(state.step)
+    log.info("resumed from %s: step %d, policy v%d, %d groups back in the buffer, %d prompts re-queued",
+             path, state.step, state.version, sum(buffered.values()), len(requeue))
+    return state
+
+
+async def _step(job: JobConfig, run: Run, step: int, state: DriverState, rollout: Any, learner: Any, buffer: Any,
+                pool: Any, feeder: Any, t_start: float) -> None:
+    """One learner step: take M groups, update, publish the new weights to the engines."""
+    from forge_ray.learner.batching import plan_update
+
+    with run.timer("wait_rollout"):
+        taken = await buffer.take.remote(job.learner.batch_groups, state.version)
+    for group in taken.stale:  # too old to learn from: run the prompt again
+        feeder.requeue(group.task_id)
+    feeder.taken([g.task_id for g in taken.groups])
+    plan = plan_update(taken.groups, job.learner.drop_zero_variance, job.reward.turn_weight)
+    lag = max((state.version - g.min_version for g in taken.groups), default=0)  # policy versions behind
+    for group in taken.groups:
+        pool.consume(group.task_id)
+
+    metrics: dict[str, Any] = {}
+    if plan.items:
+        t0 = time.perf_counter()
+        with run.timer("train"):
+            metrics, refs = await _update(run, learner, plan.items, state.version + 1, job.rollout.bucket_mb)
+        state.version += 1
+        state.learner_busy += time.perf_counter() - t0
+        with run.timer("sync"):
+            syncs = await rollout.update_weights(state.version, refs)
+        state.sync_seconds.append(max((s["sync_seconds"] for s in syncs), default=0.0))
+        metrics["sync_seconds"] = state.sync_seconds[-1]
+    feeder.step_done()
+    state.step = step
+    row = _log_step(run, step, state.version, lag, plan, metrics, taken, feeder, t_start)
+    _export(row, feeder, (await buffer.stats.remote())["ready"], len(taken.groups))
+    if job.run.sample_every and step % job.run.sample_every == 0:
+        run.log_samples(step, _samples(taken.groups))
+
+
+async def _update(run: Run, learner: Any, items: list, version: int, bucket_mb: int) -> tuple[dict, list]:
+    """Train on ``items`` and export the new weights as ``version``. If a learner rank dies, the
+    group is rebuilt from the run's last checkpoint and the update is tried once more."""
+    from ray.exceptions import RayActorError
+
+    try:
+        return await learner.train_step(items), await learner.export_weights(version, bucket_mb)
+    except RayActorError as e:
+        path = checkpoint.latest(run.dir)
+        log.warning("a learner rank died (%s); rebuilding the learner group from %s", type(e).__name__,
+                    path or "the starting weights (no checkpoint yet: set run.checkpoint_every)")
+        await learner.recover(str(path) if path else None)
+        return await learner.train_step(items), await learner.export_weights(version, bucket_mb)
+
+
+async def _checkpoint(job: JobConfig, run: Run, state: DriverState, learner: Any, buffer: Any, pool: Any, feeder: Any, t_start: float) -> None:
+    def snapshot() -> DriverState:  # called after the buffer's snapshot: see checkpoint.py
+        state.ledger, state.untaken = pool.state(), {k: v for k, v in feeder.untaken.items() if v > 0}
+        state.trajectories, state.rollout_busy = feeder.trajectories, feeder.busy()
+        state.wall = time.perf_counter() - t_start
+        return state
+
+    with run.timer("checkpoint"):
+        await checkpoint.save(run.dir, state.step, snapshot, learner, buffer, job.run.keep_checkpoints)
+
+
+def _samples(groups: list, k: int = 4) -> list[Any]:
+    """The first trajectory of up to ``k`` groups, fetched from the object store (for logging)."""
+    import ray
+
+    return ray.get([g.refs[0] for g in groups[:k]]) if groups else []
+
+
+def _log_step(run: Run, step: int, version: int, lag: int, plan: Any, metrics: dict, taken: Any, feeder: Any, t_start: float) -> dict:
     rewards = plan.rewards or [0.0]
     row = {
         "version": version, "reward_mean": sum(rewards) / len(rewards),
         "groups_used": plan.groups_used, "groups_zero_variance": plan.groups_zero_variance,
-        "groups_stale": len(taken.stale), "masked": plan.masked, "env_failures": plan.env_failures,
+        "groups_stale": len(taken.stale), "masked": plan.masked, "env_failures": plan.env_failures, "score_errors": plan.score_errors,
         "staleness_max": lag,
         "trajectories": feeder.trajectories, "trajectories_per_s": feeder.trajectories / (time.perf_counter() - t_start),
         **{k: v for k, v in metrics.items()}, **run.pop_timers(),
@@ -139,3 +210,19 @@ def _log_step(run: Run, step: int, version: int, lag: int, plan: Any, metrics: d
         log.info("rl step %d/%d  v%d  reward %.3f  loss %.4f  groups %d (+%d flat, %d stale)  %.1f traj/s",
                  step, run.job.run.steps, version, row["reward_mean"], metrics.get("loss", float("nan")),
                  plan.groups_used, plan.groups_zero_variance, len(taken.stale), row["trajectories_per_s"])
+    return row
+
+
+def _export(row: dict, feeder: Any, ready: int, consumed: int) -> None:
+    """The step's figures as Ray dashboard metrics (Prometheus)."""
+    from forge_ray import telemetry
+
+    telemetry.record("policy_version", row["version"])
+    telemetry.record("staleness", row["staleness_max"])
+    telemetry.record("reward_mean", row["reward_mean"])
+    telemetry.record("buffer_ready_groups", ready)
+    telemetry.record("rollout_tokens_per_s", feeder.pop_token_rate())
+    telemetry.count("prompts_consumed", consumed)
+    for name, key in (("learner_step_seconds", "time/train"), ("weight_sync_seconds", "sync_seconds")):
+        if key in row:
+            telemetry.record(name, row[key])

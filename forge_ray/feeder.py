@@ -51,6 +51,18 @@ class PromptPool:
         if self.consumed[task_id] > 1:
             raise AccountingError(f"prompt {task_id} consumed twice")
 
+    def state(self) -> dict[str, Any]:
+        """The ledger and the cursor, JSON-serialisable (checkpoints)."""
+        return {"queue": list(self._queue), "issued": dict(self.issued), "requeued": dict(self.requeued), "consumed": dict(self.consumed)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from ``state()``; prompts that no longer exist in ``tasks`` are an error."""
+        unknown = [t for t in state["queue"] if t not in self.tasks]
+        if unknown:
+            raise AccountingError(f"checkpoint names {len(unknown)} prompts this job does not have (e.g. {unknown[0]}): was env changed?")
+        self._queue = deque(state["queue"])
+        self.issued, self.requeued, self.consumed = (Counter(state[k]) for k in ("issued", "requeued", "consumed"))
+
     def check(self, outstanding: Counter) -> dict[str, int]:
         """Verify the ledger; ``outstanding`` counts prompts still generating or buffered."""
         for task_id, n in self.issued.items():
@@ -76,6 +88,8 @@ class Feeder:
         self.issued = 0
         self.untaken: Counter = Counter()  # prompts issued and not yet taken by the learner
         self.trajectories = 0
+        self.tokens = 0  # sampled tokens of finished trajectories
+        self._rate_mark = (time.perf_counter(), 0)
         self.inflight = 0
         self.busy_seconds = 0.0
         self._busy_since = 0.0
@@ -102,15 +116,19 @@ class Feeder:
             await self._wake.wait()
 
     async def _play(self, task: Task, attempt: int) -> None:
+        group_id = f"{task.id}#{attempt}"
         if self.inflight == 0:
             self._busy_since = time.perf_counter()
         self.inflight += 1
         try:
-            metas = await self.rollout.run_group(task, f"{task.id}#{attempt}", self.group_size, self.buffer)
+            metas = await self.rollout.run_group(task, group_id, self.group_size, self.buffer)
             self.trajectories += len(metas)
+            self.tokens += sum(m.num_tokens for m in metas)
         except Exception as e:  # a lost group is retried, never silently dropped
-            log.warning("group %s#%d failed (%s); re-queued", task.id, attempt, e)
+            log.warning("group %s#%d failed (%s); re-queued", task.id, attempt, str(e).splitlines()[0][:200])
             self.requeue(task.id)
+            if self.buffer is not None:  # what the group had finished is no longer needed
+                await self.buffer.discard.remote(group_id)
         finally:
             self.inflight -= 1
             if self.inflight == 0:
@@ -130,6 +148,24 @@ class Feeder:
         """The learner finished a step (and synced, if it updated): admit the next batch."""
         self.steps += 1
         self._wake.set()
+
+    def restore(self, steps: int, trajectories: int, busy_seconds: float, buffered: Counter, requeue: list[str]) -> None:
+        """Continue a checkpointed run: ``buffered`` prompts are back in the buffer, ``requeue``
+        were generating when the checkpoint was taken and run again."""
+        self.steps, self.trajectories, self.busy_seconds = steps, trajectories, busy_seconds
+        self.issued = sum(self.pool.issued.values())
+        self.untaken = Counter(buffered)
+        for task_id in requeue:
+            self.untaken[task_id] += 1
+            self.requeue(task_id)
+        self.extra = sum(self.pool.requeued.values())
+
+    def pop_token_rate(self) -> float:
+        """Sampled tokens per second since the last call."""
+        now = time.perf_counter()
+        t0, n0 = self._rate_mark
+        self._rate_mark = (now, self.tokens)
+        return (self.tokens - n0) / max(now - t0, 1e-9)
 
     def busy(self) -> float:
         live = time.perf_counter() - self._busy_since if self.inflight else 0.0

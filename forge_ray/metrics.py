@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ class Run:
     dir: Path
     started: float = field(default_factory=time.time)
     timers: dict[str, float] = field(default_factory=dict)
+    resumed: bool = False
     _wandb: Any = None
 
     @classmethod
@@ -64,10 +66,12 @@ class Run:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         # Absolute: Ray Train workers and actors do not share the driver's working directory.
         path = (Path(resume_dir) if resume_dir else Path(job.run.root) / f"{job.run.name}-{stamp}").resolve()
+        if resume_dir and not (path / "config.yaml").exists():
+            raise FileNotFoundError(f"--resume {resume_dir}: not a forge_ray run directory (no config.yaml)")
         for sub in ("checkpoints", "plots"):
             (path / sub).mkdir(parents=True, exist_ok=True)
         dump_job(job, path / "config.yaml")
-        run = cls(job, path)
+        run = cls(job, path, resumed=bool(resume_dir))
         run._attach_log_file()
         run._wandb = _start_wandb(job, path)
         log.info("run directory: %s", path)
@@ -97,6 +101,26 @@ class Run:
         out, self.timers = {f"time/{k}": round(v, 4) for k, v in self.timers.items()}, {}
         return out
 
+    def truncate(self, step: int) -> None:
+        """Forget RL rows past ``step`` (a resumed run redoes those steps; the axis continues)."""
+        path = self.dir / "metrics.jsonl"
+        if path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            keep = [r for r in rows if r["stage"] not in ("rl", "eval") or r["step"] <= step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+    def log_samples(self, step: int, trajectories: list[Any]) -> None:
+        """Sample trajectories (prompt, turns, reward breakdown) to samples.jsonl and a W&B table."""
+        rows = [sample_row(step, t) for t in trajectories]
+        with open(self.dir / "samples.jsonl", "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        if self._wandb is not None and rows:
+            import wandb
+
+            columns = list(rows[0])
+            table = wandb.Table(columns=columns, data=[[json.dumps(r[c]) if isinstance(r[c], (dict, list)) else r[c] for c in columns] for r in rows])
+            self._wandb.log({"rl/samples": table, "rl/step": step})
+
     def read_metrics(self, stage: str) -> list[dict]:
         path = self.dir / "metrics.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -109,6 +133,28 @@ class Run:
             self._wandb.finish()
 
 
+def sample_row(step: int, traj: Any) -> dict[str, Any]:
+    """One trajectory as a flat record: the task's last prompt message, then the turns."""
+    prompt_msgs = traj.messages[: len(traj.messages) - _continuation_len(traj)]
+    reward = traj.reward
+    return {
+        "step": step, "task_id": traj.task_id, "status": traj.status.value,
+        "prompt": prompt_msgs[-1]["content"] if prompt_msgs else "",
+        "turns": "\n".join(f"[{m['role']}] {m['content']}" for m in traj.messages[len(prompt_msgs):]),
+        "reward": reward.total if reward else None,
+        "reward_parts": dict(reward.parts) if reward else {}, "turn_rewards": list(reward.per_turn or []) if reward else [],
+        "versions": traj.versions,
+    }
+
+
+def _continuation_len(traj: Any) -> int:
+    """Messages after the prompt: from the first assistant message on."""
+    for i, m in enumerate(traj.messages):
+        if m["role"] == "assistant":
+            return len(traj.messages) - i
+    return 0
+
+
 def _start_wandb(job: JobConfig, run_dir: Path) -> Any:
     mode = job.run.wandb_mode
     if mode == "auto":
@@ -118,7 +164,15 @@ def _start_wandb(job: JobConfig, run_dir: Path) -> Any:
     try:
         import wandb
 
-        return wandb.init(project=job.run.wandb_project, name=run_dir.name, dir=str(run_dir), mode=mode, config=job.to_dict())
+        id_file = run_dir / "wandb_id"  # a resumed run continues the same W&B run
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
+        id_file.write_text(run_id)
+        wb = wandb.init(project=job.run.wandb_project, name=run_dir.name, dir=str(run_dir), mode=mode,
+                        config=job.to_dict(), id=run_id, resume="allow")
+        for stage in ("sft", "rl", "eval"):  # each stage has its own step axis, which survives resumes
+            wb.define_metric(f"{stage}/step")
+            wb.define_metric(f"{stage}/*", step_metric=f"{stage}/step")
+        return wb
     except Exception as e:  # W&B is an observer: it must never take a run down
         log.warning("W&B disabled: %s", e)
         return None

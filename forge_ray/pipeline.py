@@ -92,6 +92,15 @@ def sft_stage(job: JobConfig, run: Run, model_path: str, device: str) -> str:
     return str(out)
 
 
+def _done(run: Run, stage: str) -> str | None:
+    """A stage's model folder when a resumed run already finished it, else None."""
+    path = run.dir / "checkpoints" / stage
+    if run.resumed and (path / "config.json").exists() and (path / "tokenizer_config.json").exists():
+        log.info("resume: %s stage already done -> %s", stage, path)
+        return str(path)
+    return None
+
+
 def run_job(job: JobConfig, resume_dir: str | None = None) -> dict[str, Any]:
     """Run every enabled stage of ``job``; returns (and writes) the summary."""
     from forge_ray.driver import run_rl
@@ -102,9 +111,9 @@ def run_job(job: JobConfig, resume_dir: str | None = None) -> dict[str, Any]:
     device = resolve_device(job.cluster.device)
     init_ray(job)
     summary: dict[str, Any] = {"run_dir": str(run.dir), "device": device, "mode": job.run.mode}
-    model = base_model(job, run)
+    model = _done(run, "base") or base_model(job, run)
     if job.sft.enabled:
-        model = sft_stage(job, run, model, device)
+        model = _done(run, "sft") or sft_stage(job, run, model, device)
         summary["sft_checkpoint"] = model
     if job.run.steps > 0:
         summary.update(asyncio.run(run_rl(job, run, model, device)))

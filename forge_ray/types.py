@@ -100,6 +100,7 @@ class Trajectory:
     reward: RewardBreakdown | None = None
     env_seconds: float = 0.0
     gen_seconds: float = 0.0
+    score_seconds: float = 0.0
 
     @property
     def versions(self) -> list[int]:
@@ -126,6 +127,7 @@ class TrajectoryMeta:
     reward: float
     num_tokens: int
     turn_rewards: tuple[float, ...] = ()  # per assistant turn, when the reward has them
+    reward_error: str | None = None  # scoring failed (RewardBreakdown.error): kept out of the loss and the statistics
 
 
 @dataclass(frozen=True)

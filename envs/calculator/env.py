@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from envs.calculator.tools import check_call, execute
+from forge_ray.reward.stepwise import one_call_per_turn, stepwise_rewards
 from forge_ray.rollout.chat import TOOL_CALL_OPEN, parse_action
 from forge_ray.types import Action, RewardBreakdown, StepResult, Task
 
@@ -109,15 +110,8 @@ class CalculatorEnv:
 
 
 def _turn_rewards(actions: list, gold_calls: list, outcome: float) -> list[float]:
-    """Step-wise reward (Klear-AgentForge Eq. 8, on-policy): turn k earns 1 when it makes
-    exactly the k-th gold call (name and every argument) and every earlier turn earned 1;
-    the turn after the last gold call earns the outcome reward."""
-    rewards, prefix_ok = [], True
-    for k, action in enumerate(actions):
-        if k < len(gold_calls):
-            calls = action.tool_calls if action is not None and action.parse_error is None else []
-            prefix_ok = prefix_ok and len(calls) == 1 and calls[0].name == gold_calls[k]["name"] and calls[0].arguments == gold_calls[k]["arguments"]
-            rewards.append(float(prefix_ok))
-        else:
-            rewards.append(outcome if prefix_ok and k == len(gold_calls) else 0.0)
-    return rewards
+    """Step-wise reward (Klear-AgentForge Eq. 8, on-policy; ``forge_ray.reward.stepwise``):
+    turn k earns 1 when it makes exactly the k-th gold call (name and every argument) and every
+    earlier turn earned 1; the turn after the last gold call earns the outcome reward."""
+    calls = [a.tool_calls if a is not None and a.parse_error is None else [] for a in actions]
+    return stepwise_rewards(one_call_per_turn(gold_calls), calls, outcome)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,18 @@ class ActorGroupHandle:
     role: str
     placement_group: Any
     actors: list[Any]
+    _make: Callable[[int, int], Any] | None = None  # (rank, generation) -> a new actor in bundle ``rank``
+    generations: list[int] = field(default_factory=list)
+
+    def respawn(self, rank: int) -> Any:
+        """Kill the actor of ``rank`` (if it still runs) and start a new one in its bundle,
+        named ``forge/<role>-<rank>.<generation>``."""
+        import ray
+
+        ray.kill(self.actors[rank], no_restart=True)
+        self.generations[rank] += 1
+        self.actors[rank] = self._make(rank, self.generations[rank])
+        return self.actors[rank]
 
     def shutdown(self) -> None:
         import ray
@@ -69,16 +81,17 @@ def spawn_group(
     num_cpus = resources.get("CPU", 0)
     num_gpus = resources.get("GPU", 0)
     remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(cls)
-    actors = []
-    for rank in range(n):
+
+    def make(rank: int, generation: int) -> Any:
         args, kwargs = make_args(rank)
         options: dict[str, Any] = dict(
-            name=f"forge/{role}-{rank}",
+            name=f"forge/{role}-{rank}" + (f".{generation}" if generation else ""),
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank),
         )
         if runtime_env:
             options["runtime_env"] = runtime_env
         if max_concurrency:
             options["max_concurrency"] = max_concurrency
-        actors.append(remote_cls.options(**options).remote(*args, **kwargs))
-    return ActorGroupHandle(role, pg, actors)
+        return remote_cls.options(**options).remote(*args, **kwargs)
+
+    return ActorGroupHandle(role, pg, [make(rank, 0) for rank in range(n)], make, [0] * n)

@@ -1,9 +1,10 @@
 """Turning complete GRPO groups into a learner batch (pure: metadata in, items out).
 
-Per group: environment failures leave the group's statistics (they say nothing about the
-policy); the remaining rewards give group-normalised advantages; trajectories that hit a
-limit (truncated, timed out) count in the statistics with their reward but carry no loss;
-groups whose rewards are all equal carry no signal and are dropped when asked.
+Per group: environment failures and trajectories that could not be scored (``reward_error``)
+leave the group's statistics (they say nothing about the policy); the remaining rewards give
+group-normalised advantages; trajectories that hit a limit (truncated, timed out) count in the
+statistics with their reward but carry no loss; groups whose rewards are all equal carry no
+signal and are dropped when asked.
 
 With ``turn_weight`` > 0 each turn's tokens also get ``turn_weight * (r_k - mean_k)``: the
 turn's step-wise reward against the group's mean reward for turn k (a missing turn counts 0),
@@ -24,6 +25,7 @@ class UpdatePlan:
     groups_zero_variance: int = 0
     masked: int = 0  # trajectories kept out of the loss (limits hit)
     env_failures: int = 0
+    score_errors: int = 0  # trajectories whose reward could not be computed (reward.error)
     rewards: list[float] = field(default_factory=list)  # every scored reward, for logging
 
 
@@ -31,8 +33,10 @@ def plan_update(groups: list[Any], drop_zero_variance: bool, turn_weight: float 
     """``groups`` are buffer ``Group``s (``metas`` and ``refs`` in the same order)."""
     plan = UpdatePlan()
     for g in groups:
-        scored = [(m, r) for m, r in zip(g.metas, g.refs) if m.status != Status.ENV_FAILURE]
-        plan.env_failures += len(g.metas) - len(scored)
+        scored = [(m, r) for m, r in zip(g.metas, g.refs) if m.status != Status.ENV_FAILURE and m.reward_error is None]
+        failed = sum(m.status == Status.ENV_FAILURE for m in g.metas)
+        plan.env_failures += failed
+        plan.score_errors += len(g.metas) - len(scored) - failed
         rewards = [m.reward for m, _ in scored]
         plan.rewards += rewards
         turns = [m.turn_rewards for m, _ in scored] if turn_weight > 0 else []

@@ -77,3 +77,33 @@ def save_hf(model: Any, state: dict[str, Any], out_dir: str | Path, tokenizer_sr
     inner.save_pretrained(out, state_dict=state, safe_serialization=True)
     AutoTokenizer.from_pretrained(tokenizer_src).save_pretrained(out)
     return out
+
+
+def save_checkpoint(model: Any, optimizer: Any, path: str | Path, rank: int, extra: dict[str, Any]) -> None:
+    """Sharded checkpoint of model and optimizer (torch DCP; a collective over the ranks),
+    plus this rank's ``extra`` state and RNG states in ``rng-<rank>.pt``."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(Path(path) / "learner"))
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    torch.save({**extra, "rng": rng}, Path(path) / f"rng-{rank}.pt")
+
+
+def load_checkpoint(model: Any, optimizer: Any, path: str | Path, rank: int) -> dict[str, Any]:
+    """Load what ``save_checkpoint`` wrote into ``model`` and ``optimizer``; returns ``extra``."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(Path(path) / "learner"))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    extra = torch.load(Path(path) / f"rng-{rank}.pt", weights_only=False)
+    torch.set_rng_state(extra["rng"]["torch"])
+    if extra["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(extra["rng"]["cuda"])
+    return {k: v for k, v in extra.items() if k != "rng"}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from forge_ray.config import LearnerConfig
@@ -45,6 +46,7 @@ class LearnerGroup:
         k = cfg.num_workers
         self.handle = spawn_group(FSDPWorker, "learner", k, resources, lambda rank: ((rank, k, cfg, model_path, dtype, device, temperature), {}))
         self.workers = self.handle.actors
+        self.restarts = 0
 
     async def setup(self) -> None:
         addr, port = await self.workers[0].address.remote()
@@ -69,8 +71,29 @@ class LearnerGroup:
         parts = await asyncio.gather(*(w.save_hf.remote(out_dir) for w in self.workers))
         return parts[0]
 
+    async def recover(self, checkpoint: str | None) -> None:
+        """Replace every rank (an FSDP group cannot go on without one of its ranks), rendezvous
+        again and load ``checkpoint`` (None: the starting weights, optimizer state lost)."""
+        for rank in range(len(self.workers)):
+            self.handle.respawn(rank)
+        self.workers = self.handle.actors
+        await self.setup()
+        if checkpoint:
+            await self.load_checkpoint(checkpoint)
+        self.restarts += 1
+
+    async def save_checkpoint(self, path: str) -> None:
+        await asyncio.gather(*(w.save_checkpoint.remote(path) for w in self.workers))
+
+    async def load_checkpoint(self, path: str) -> int:
+        steps = await asyncio.gather(*(w.load_checkpoint.remote(path) for w in self.workers))
+        return steps[0]
+
     def shutdown(self) -> None:
         import ray
 
-        ray.get([w.shutdown.remote() for w in self.workers])
+        try:
+            ray.get([w.shutdown.remote() for w in self.workers], timeout=60)
+        except Exception as e:  # a dead rank has no process group left to destroy
+            logging.getLogger(__name__).warning("learner shutdown: %s", e)
         self.handle.shutdown()

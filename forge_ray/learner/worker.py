@@ -176,6 +176,17 @@ class FSDPWorker:
         state = full_state_dict(self.model)
         return str(save_hf(self.model, state, out_dir, self.model_path)) if self.rank == 0 else None
 
+    def save_checkpoint(self, path: str) -> None:
+        from forge_ray.learner.fsdp import save_checkpoint
+
+        save_checkpoint(self.model, self.optimizer, path, self.rank, {"step": self.step})
+
+    def load_checkpoint(self, path: str) -> int:
+        from forge_ray.learner.fsdp import load_checkpoint
+
+        self.step = load_checkpoint(self.model, self.optimizer, path, self.rank)["step"]
+        return self.step
+
     def shutdown(self) -> None:
         import torch.distributed as dist
 

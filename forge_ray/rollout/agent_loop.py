@@ -81,7 +81,9 @@ async def run_episode(
         traj.status = Status.ENV_FAILURE
         traj.reward = RewardBreakdown(0.0, error=f"{type(e).__name__}: {e}")
     if traj.reward is None:
+        t0 = time.monotonic()
         traj.reward = await _score(env, task, traj)
+        traj.score_seconds = time.monotonic() - t0
     return traj
 
 

@@ -68,7 +68,19 @@ def render_tool_call(call: ToolCall) -> str:
 
 
 def render_observation(messages: list[dict]) -> str:
-    """Text that follows an assistant turn's ``<|im_end|>``: the observation turn, then the
-    opening of the next assistant turn. Matches ``TOOL_CHAT_TEMPLATE`` byte for byte."""
-    body = "\n".join(f"<tool_response>\n{m['content']}\n</tool_response>" for m in messages)
-    return f"\n{IM_START}user\n{body}{IM_END}\n{IM_START}assistant\n"
+    """Text that follows an assistant turn's ``<|im_end|>``: the observation turns, then the
+    opening of the next assistant turn. Consecutive tool results share one user turn; a user
+    message (a simulated user's reply) is a plain user turn. Matches ``TOOL_CHAT_TEMPLATE``
+    byte for byte."""
+    turns: list[str] = []
+    results: list[str] = []
+    for m in [*messages, None]:
+        if m is not None and m["role"] == "tool":
+            results.append(f"<tool_response>\n{m['content']}\n</tool_response>")
+            continue
+        if results:
+            turns.append(f"{IM_START}user\n" + "\n".join(results) + f"{IM_END}\n")
+            results = []
+        if m is not None:
+            turns.append(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n")
+    return "\n" + "".join(turns) + f"{IM_START}assistant\n"

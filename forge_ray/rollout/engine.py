@@ -53,7 +53,8 @@ class VLLMEngine:
 
         t0 = time.perf_counter()
         weight_sync.register()
-        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # for fingerprint()'s RPC
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        os.environ["FORGE_RAY_ENGINE"] = "1"  # the engine's processes die with this one (die_with_parent)  # for fingerprint()'s RPC
         args = AsyncEngineArgs(
             model=self.model_path,
             skip_tokenizer_init=True,  # token-in/token-out: the agent loop owns the tokenizer
@@ -128,3 +129,22 @@ class VLLMEngine:
         if self.llm is not None:
             self.llm.shutdown()
             self.llm = None
+
+
+def die_with_parent() -> None:
+    """vLLM general-plugin hook, run in every process vLLM starts for a forge_ray engine (the
+    engine core and its workers): have the kernel SIGKILL this process when its parent dies.
+    A Ray actor killed with SIGKILL gets no chance to stop its engine; without this the engine
+    processes would outlive it, holding their memory, until the node is rebooted."""
+    import multiprocessing
+    import sys
+
+    if os.environ.get("FORGE_RAY_ENGINE") != "1" or multiprocessing.parent_process() is None or not sys.platform.startswith("linux"):
+        return  # not an engine subprocess of ours (the actor itself is Ray's to manage)
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from forge_ray.rollout.agent_loop import EpisodeSpec, LocalEnv, run_episode
-from forge_ray.types import Task, Trajectory, TrajectoryMeta
+from forge_ray.types import Status, Task, Trajectory, TrajectoryMeta
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +27,19 @@ def trajectory_meta(traj: Trajectory) -> TrajectoryMeta:
         reward=traj.reward.total if traj.reward else 0.0,
         num_tokens=traj.num_sampled,
         turn_rewards=tuple(traj.reward.per_turn or ()) if traj.reward else (),
+        reward_error=(traj.reward.error if traj.reward else "not scored") if traj.status != Status.ENV_FAILURE else None,
     )
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, engine_kwargs: dict, env_name: str, env_kwargs: dict, spec: EpisodeSpec):
+    def __init__(self, model_path: str, engine_kwargs: dict, env_name: str, env_kwargs: dict, spec: EpisodeSpec,
+                 env_pool: Any = None, scorer: Any = None):
         from forge_ray.rollout.engine import VLLMEngine
 
         self.engine = VLLMEngine(model_path, **engine_kwargs)
         self.model_path = model_path
         self.env_name, self.env_kwargs = env_name, env_kwargs
+        self.env_pool, self.scorer = env_pool, scorer  # EnvPool / RewardClient, or None: in-process
         self.spec = spec
         self.tokenizer = None
 
@@ -46,32 +49,59 @@ class RolloutWorker:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         return await self.engine.start()
 
-    def _env(self) -> LocalEnv:
+    def _env(self) -> Any:
+        """The episode's ``AsyncEnv``: a ``PooledEnv`` when an env pool is configured, else the
+        environment in this process; scoring goes to the reward actor when one is configured."""
+        if self.env_pool is not None:
+            from forge_ray.env.pool import PooledEnv
+
+            return PooledEnv(self.env_pool, self.scorer)
         from envs import make_env
 
-        return LocalEnv(make_env(self.env_name, **self.env_kwargs))
+        env = LocalEnv(make_env(self.env_name, **self.env_kwargs))
+        if self.scorer is not None:
+            from forge_ray.reward.actor import ScoredEnv
+
+            return ScoredEnv(env, self.scorer)
+        return env
+
+    async def _episode(self, task: Task, spec: EpisodeSpec, group_id: str, i: int) -> tuple[Trajectory, str | None]:
+        """One episode, and why the env pool failed under it (None when it did not)."""
+        from forge_ray.env.pool import opened
+
+        async with opened(self._env()) as env:
+            traj = await run_episode(self.engine.generate, env, task, self.tokenizer, spec, group_id=group_id, sample_index=i)
+        return traj, getattr(env, "failed", None)
 
     async def run_group(self, task: Task, group_id: str, n: int, buffer: Any) -> list[TrajectoryMeta]:
-        """Play ``n`` samples of ``task``; each goes to the object store and the buffer as
-        soon as it ends."""
+        """Play ``n`` samples of ``task``, then put them into the object store and the buffer.
+        Nothing is buffered until the whole group has ended (the buffer releases only complete
+        groups anyway): if the env pool failed under any sample, the group is discarded and
+        ``EnvPoolError`` raised, so the feeder re-queues the prompt and no partial group is
+        left behind in the buffer."""
         import ray
 
-        async def one(i: int) -> TrajectoryMeta:
-            traj = await run_episode(self.engine.generate, self._env(), task, self.tokenizer, self.spec, group_id=group_id, sample_index=i)
-            meta = trajectory_meta(traj)
-            await buffer.put.remote(meta, [ray.put(traj)])
-            return meta
+        from forge_ray import telemetry
+        from forge_ray.env.pool import EnvPoolError
 
-        return list(await asyncio.gather(*(one(i) for i in range(n))))
+        played = await asyncio.gather(*(self._episode(task, self.spec, group_id, i) for i in range(n)))
+        failed = [reason for _, reason in played if reason]
+        if failed:
+            raise EnvPoolError(f"group {group_id}: {len(failed)} of {n} episodes lost to the env pool ({failed[0]})")
+        metas = [trajectory_meta(traj) for traj, _ in played]
+        # Owned by the buffer, not by this actor: buffered trajectories outlive a dead engine.
+        await asyncio.gather(*(buffer.put.remote(meta, [ray.put(traj, _owner=buffer)]) for meta, (traj, _) in zip(metas, played)))
+        for traj, _ in played:
+            telemetry.count("rollout_tokens", traj.num_sampled, role="rollout")
+            telemetry.count("trajectories", 1, role="rollout")
+            telemetry.record("reward_latency_seconds", traj.score_seconds, role="rollout")
+        return metas
 
     async def evaluate(self, tasks: list[Task], greedy: bool = True) -> list[Trajectory]:
         """One episode per task with evaluation sampling; returns the trajectories."""
         spec = EpisodeSpec(**{**vars(self.spec), "temperature": 0.0 if greedy else self.spec.temperature})
-        return list(
-            await asyncio.gather(
-                *(run_episode(self.engine.generate, self._env(), t, self.tokenizer, spec, group_id=t.id, sample_index=0) for t in tasks)
-            )
-        )
+        played = await asyncio.gather(*(self._episode(t, spec, t.id, 0) for t in tasks))
+        return [traj for traj, _ in played]
 
     async def update_weights(self, version: int, bucket_refs: list[Any]) -> dict[str, float]:
         return await self.engine.update_weights(version, bucket_refs)
@@ -90,9 +120,16 @@ class RolloutWorker:
 
 
 class RolloutGroup:
-    """Driver-side handle of the rollout actors."""
+    """Driver-side handle of the rollout actors.
 
-    def __init__(self, model_path: str, num_engines: int, engine_kwargs: dict, env_name: str, env_kwargs: dict, spec: EpisodeSpec, resources: dict[str, float]):
+    A worker that dies (its actor is killed, its node is lost) is replaced in its placement
+    bundle; the replacement starts its engine and loads the latest published weights before it
+    is given work again. The groups that were playing on it fail, and the feeder re-queues
+    their prompts. The refs of the latest weights are kept for that (one copy of the policy in
+    the object store)."""
+
+    def __init__(self, model_path: str, num_engines: int, engine_kwargs: dict, env_name: str, env_kwargs: dict, spec: EpisodeSpec, resources: dict[str, float],
+                 env_pool: Any = None, scorer: Any = None):
         from forge_ray.cluster.actors import spawn_group
 
         self.handle = spawn_group(
@@ -100,22 +137,60 @@ class RolloutGroup:
             "rollout",
             num_engines,
             resources,
-            lambda rank: ((model_path, {**engine_kwargs, "seed": engine_kwargs.get("seed", 0) + rank}, env_name, env_kwargs, spec), {}),
+            lambda rank: ((model_path, {**engine_kwargs, "seed": engine_kwargs.get("seed", 0) + rank}, env_name, env_kwargs, spec, env_pool, scorer), {}),
             max_concurrency=1000,  # async actor: many episodes at once
         )
         self.workers = self.handle.actors
         self.load = [0] * len(self.workers)
+        self.ready = [asyncio.Event() for _ in self.workers]  # set while a worker may take work
+        self.restarts = 0
+        self._weights: tuple[int, list[Any]] | None = None  # latest (version, bucket refs)
+        self._revivals: set[asyncio.Future] = set()
 
     async def start(self) -> list[float]:
-        return list(await asyncio.gather(*(w.start.remote() for w in self.workers)))
+        seconds = list(await asyncio.gather(*(w.start.remote() for w in self.workers)))
+        for event in self.ready:
+            event.set()
+        return seconds
+
+    async def _pick(self) -> int:
+        while True:
+            alive = [i for i, e in enumerate(self.ready) if e.is_set()]
+            if alive:
+                return min(alive, key=self.load.__getitem__)
+            await asyncio.wait([asyncio.ensure_future(e.wait()) for e in self.ready], return_when=asyncio.FIRST_COMPLETED)
 
     async def run_group(self, task: Task, group_id: str, n: int, buffer: Any) -> list[TrajectoryMeta]:
-        i = min(range(len(self.workers)), key=self.load.__getitem__)
+        from ray.exceptions import RayActorError
+
+        i = await self._pick()
+        worker = self.workers[i]
         self.load[i] += 1
         try:
-            return await self.workers[i].run_group.remote(task, group_id, n, buffer)
+            return await worker.run_group.remote(task, group_id, n, buffer)
+        except RayActorError:
+            await self._revive(i, worker)
+            raise  # the caller re-queues the prompt
         finally:
             self.load[i] -= 1
+
+    async def _revive(self, i: int, dead: Any) -> None:
+        """Replace worker ``i`` (once, however many callers saw it die) and bring it up to date."""
+        if self.workers[i] is not dead or not self.ready[i].is_set():
+            await self.ready[i].wait()
+            return
+        self.ready[i].clear()
+        log.warning("rollout worker %d died; starting a replacement", i)
+        try:
+            worker = self.handle.respawn(i)
+            self.workers[i] = worker
+            seconds = await worker.start.remote()
+            if self._weights is not None:
+                await worker.update_weights.remote(*self._weights)
+            self.restarts += 1
+            log.warning("rollout worker %d replaced in %.1f s, at policy v%d", i, seconds, self._weights[0] if self._weights else 0)
+        finally:  # on failure too: the next call that meets the dead worker tries again
+            self.ready[i].set()
 
     async def evaluate(self, tasks: list[Task], greedy: bool = True) -> list[Trajectory]:
         k = len(self.workers)
@@ -123,10 +198,28 @@ class RolloutGroup:
         return [t for part in parts for t in part]
 
     async def update_weights(self, version: int, bucket_refs: list[Any]) -> list[dict[str, float]]:
-        return list(await asyncio.gather(*(w.update_weights.remote(version, bucket_refs) for w in self.workers)))
+        """Publish ``version`` to every live worker; a worker being replaced picks it up when it
+        comes back."""
+        from ray.exceptions import RayActorError
+
+        self._weights = (version, bucket_refs)
+        live = [(i, w) for i, w in enumerate(self.workers) if self.ready[i].is_set()]
+        results = await asyncio.gather(*(w.update_weights.remote(version, bucket_refs) for _, w in live), return_exceptions=True)
+        for (i, w), r in zip(live, results):
+            if isinstance(r, RayActorError):
+                revival = asyncio.ensure_future(self._revive(i, w))
+                self._revivals.add(revival)
+                revival.add_done_callback(self._revivals.discard)
+            elif isinstance(r, BaseException):
+                raise r
+        return [r for r in results if isinstance(r, dict)]
 
     def shutdown(self) -> None:
         import ray
 
-        ray.get([w.shutdown.remote() for w in self.workers])
+        for w in self.workers:  # a dead worker has nothing left to stop
+            try:
+                ray.get(w.shutdown.remote(), timeout=60)
+            except Exception as e:
+                log.warning("rollout worker shutdown: %s", e)
         self.handle.shutdown()

@@ -94,10 +94,21 @@ def head():
         wait_for_jobs_api(url, token, proc, log)
         # The clients: the job's `python` and `ray` are this venv's; the token only in RAY_AUTH_TOKEN.
         client_env = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
-        yield {"url": url, "env": client_env, "temp": temp}
+        yield {"url": url, "env": client_env, "temp": temp, "metrics": f"http://127.0.0.1:{metrics}/metrics"}
     finally:
         stop_head(proc)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def forge_metrics(url: str) -> set[str]:
+    """Names of the forge_* series on a Prometheus endpoint (empty when it does not answer)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return set()
+    names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    return {n.removeprefix("ray_") for n in names if n.removeprefix("ray_").startswith("forge_")}
 
 
 def sets(overrides: list[str]) -> list[str]:
@@ -130,8 +141,9 @@ def test_plain_ray_job_submit(head):
     ray_job = [str(BIN / "ray"), "job"]
     # `ray job status` words the end states "Job 'ID' succeeded", "... failed", "... was stopped"
     # and others "Status for job 'ID': RUNNING", on stdout or (warnings) stderr.
-    deadline, status = time.time() + JOB_TIMEOUT_S, ""
+    deadline, status, seen = time.time() + JOB_TIMEOUT_S, "", set()
     while time.time() < deadline:
+        seen |= forge_metrics(head["metrics"])  # scraped while the job runs
         r = subprocess.run(ray_job + ["status", job_id, "--address", head["url"]], env=auth,
                            capture_output=True, text=True, timeout=60)
         status = (r.stdout + r.stderr).lower()
@@ -143,3 +155,8 @@ def test_plain_ray_job_submit(head):
     assert f"job '{job_id}' succeeded" in status, f"{status}\n{logs[-6000:]}"
     assert "held-out success" in logs
     assert shlex.split(printed)[-1] == "cluster.address=auto"
+    # forge_ray's own metrics reached the node's Prometheus endpoint (the dashboard's source).
+    seen |= forge_metrics(head["metrics"])
+    expected = {"forge_policy_version", "forge_learner_step_seconds", "forge_weight_sync_seconds", "forge_buffer_ready_groups",
+                "forge_rollout_tokens_per_s", "forge_staleness", "forge_reward_latency_seconds", "forge_rollout_tokens_total"}
+    assert expected <= seen, f"missing {sorted(expected - seen)}; saw {sorted(seen)}"

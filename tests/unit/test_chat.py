@@ -19,9 +19,13 @@ def test_parse_action_cases():
     assert parse_action("<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": " + "9" * 5000 + "}}</tool_call>").parse_error
 
 
-def test_observation_matches_template():
-    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"},
-            {"role": "tool", "content": "1"}, {"role": "tool", "content": "2"}]
+@pytest.mark.parametrize("observation", [
+    [{"role": "tool", "content": "1"}, {"role": "tool", "content": "2"}],  # tool results share a user turn
+    [{"role": "user", "content": "and now?"}],  # a simulated user's reply is a plain user turn
+    [{"role": "tool", "content": "1"}, {"role": "user", "content": "ok"}, {"role": "tool", "content": "3"}],
+])
+def test_observation_matches_template(observation):
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}, *observation]
     full = Template(TOOL_CHAT_TEMPLATE).render(messages=msgs, tools=None, add_generation_prompt=True)
     head = Template(TOOL_CHAT_TEMPLATE).render(messages=msgs[:2], tools=None, add_generation_prompt=False)
     assert full == head.removesuffix("\n") + render_observation(msgs[2:])

@@ -1,9 +1,11 @@
 """Prompt accounting and the feeder's admission rule, with a scripted rollout at the edge."""
 import asyncio
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
+from forge_ray.checkpoint import inflight
 from forge_ray.feeder import AccountingError, Feeder, PromptPool
 from forge_ray.types import Task
 
@@ -45,7 +47,7 @@ class ScriptedRollout:
         await asyncio.sleep(0.01)
         if task.id == self.fail_once and group_id.endswith("#1"):
             raise RuntimeError("engine died")
-        return [None] * n
+        return [SimpleNamespace(num_tokens=3)] * n
 
 
 def test_feeder_admission_follows_steps_and_staleness():
@@ -83,3 +85,42 @@ def test_sync_mode_admits_one_batch_per_step():
         return counts
 
     assert asyncio.run(scenario()) == [4, 8, 12]
+
+
+def test_resume_requeues_what_was_generating_and_keeps_the_ledger_exact():
+    """Part 1 issues 5 prompts, consumes 2, has 1 complete group buffered and 2 generating when
+    the checkpoint is taken; part 2 restores and runs to the end: each prompt consumed once."""
+    pool = PromptPool(tasks(8))
+    for _ in range(5):
+        pool.next()
+    pool.consume("t0")
+    pool.consume("t1")
+    untaken = {"t2": 1, "t3": 1, "t4": 1}  # t2 buffered, t3 and t4 generating
+    saved = pool.state()
+
+    async def part2():
+        fresh = PromptPool(tasks(8))
+        fresh.restore(saved)
+        feeder = Feeder(fresh, None, None, group_size=2, batch_prompts=2, batch_groups=2, max_staleness=1)
+        buffered = Counter({"t2": 1})
+        requeue = inflight(untaken, buffered)
+        feeder.restore(steps=1, trajectories=10, busy_seconds=1.0, buffered=buffered, requeue=requeue)
+        return fresh, feeder, requeue
+
+    fresh, feeder, requeue = asyncio.run(part2())
+    assert sorted(requeue) == ["t3", "t4"]
+    assert feeder.issued == 5 and feeder.extra == 2 and feeder.steps == 1
+    assert fresh.check(feeder.untaken)["prompts_outstanding"] == 1  # t2; t3 and t4 are re-queued
+    order = [fresh.next()[0].id for _ in range(5)]
+    assert order[:2] == ["t3", "t4"] or order[:2] == ["t4", "t3"]  # re-queued prompts first
+    assert set(order[2:]) == {"t5", "t6", "t7"}
+    for t in ["t2", *order]:
+        fresh.consume(t)
+    assert fresh.check(Counter()) == {"prompts_issued": 10, "prompts_consumed": 8, "prompts_requeued": 2, "prompts_outstanding": 0}
+
+
+def test_restore_rejects_a_ledger_of_other_prompts():
+    pool = PromptPool(tasks(2))
+    state = PromptPool(tasks(4)).state()
+    with pytest.raises(AccountingError, match="was env changed"):
+        pool.restore(state)

@@ -1,0 +1,109 @@
+"""RL checkpoints: everything a killed run needs to continue as if it had not stopped.
+
+    <run>/checkpoints/rl-step-000020/
+        learner/          FSDP2 distributed checkpoint (model and optimizer shards, torch DCP)
+        rng-<rank>.pt     each learner rank's step counter (the LR schedule) and RNG states
+        buffer.pkl        complete groups the learner had not taken yet (trajectories, not refs)
+        driver.json       step, policy version, the prompt ledger and cursor, timers, the SFT eval
+    <run>/checkpoints/latest   name of the newest complete checkpoint, written last
+
+A checkpoint is taken between learner steps. Prompts that were still generating at that moment
+are neither in the buffer nor consumed: on resume they are re-queued, so across the killed run
+and its continuation every prompt is consumed exactly once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import shutil
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DriverState:
+    """The driver's side of a checkpoint (JSON)."""
+
+    step: int = 0
+    version: int = 0
+    ledger: dict[str, Any] = field(default_factory=dict)  # PromptPool.state()
+    untaken: dict[str, int] = field(default_factory=dict)  # prompts issued and not yet taken
+    trajectories: int = 0
+    learner_busy: float = 0.0
+    rollout_busy: float = 0.0
+    wall: float = 0.0  # RL seconds spent before this checkpoint
+    sync_seconds: list[float] = field(default_factory=list)
+    before: dict[str, Any] = field(default_factory=dict)  # evaluation of the starting policy
+
+
+@dataclass
+class Restored:
+    state: DriverState
+    groups: list[tuple[str, list[Any]]]  # (task id, trajectories) of each buffered group
+    path: Path
+
+
+def latest(run_dir: str | Path) -> Path | None:
+    """The newest complete RL checkpoint of a run, or None."""
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if (path / "driver.json").exists() else None
+
+
+async def save(run_dir: Path, step: int, driver_state: Callable[[], DriverState], learner: Any, buffer: Any, keep: int) -> Path:
+    """Write a checkpoint of the learner, the buffer's complete groups and the driver's state.
+    ``driver_state`` is called after the buffer's snapshot, so every buffered group counts as
+    issued and untaken in it (prompts issued in between are re-queued on resume)."""
+    root = Path(run_dir) / "checkpoints"
+    path = root / f"rl-step-{step:06d}"
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    await learner.save_checkpoint(str(path))
+    groups = await buffer.snapshot.remote()
+    with open(path / "buffer.pkl", "wb") as f:
+        pickle.dump(groups, f)
+    state = driver_state()
+    (path / "driver.json").write_text(json.dumps(asdict(state)))
+    (root / "latest.tmp").write_text(path.name)
+    (root / "latest.tmp").replace(root / "latest")  # atomic: a torn checkpoint is never "latest"
+    for old in sorted(root.glob("rl-step-*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    log.info("checkpoint %s: step %d, version %d, %d buffered groups", path.name, state.step, state.version, len(groups))
+    return path
+
+
+def load(path: Path) -> Restored:
+    state = DriverState(**json.loads((path / "driver.json").read_text()))
+    with open(path / "buffer.pkl", "rb") as f:
+        groups = pickle.load(f)
+    return Restored(state, groups, path)
+
+
+async def refill(buffer: Any, groups: list) -> Counter:
+    """Put restored groups back into a fresh buffer; returns how many groups each prompt has."""
+    import ray
+
+    from forge_ray.rollout.group import trajectory_meta
+
+    counts: Counter = Counter()
+    for task_id, trajs in groups:
+        for traj in trajs:
+            await buffer.put.remote(trajectory_meta(traj), [ray.put(traj)])
+        counts[task_id] += 1
+    return counts
+
+
+def inflight(untaken: dict[str, int], buffered: Counter) -> list[str]:
+    """Prompts that were generating when the checkpoint was taken (to be re-queued)."""
+    out = []
+    for task_id, n in untaken.items():
+        out += [task_id] * max(n - buffered[task_id], 0)
+    return out
