@@ -18,7 +18,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["forge_ray", "forge_ray.*", "envs", "envs.*"]),
     install_requires=[
-        "ray[default,train,serve]>=2.50",
+        "ray[default,train,serve]>=2.56,<2.61",  # tested with 2.60; 2.56 removed ray.put(_owner=)
         "torch>=2.6",
         "transformers>=4.56",
         "tokenizers",

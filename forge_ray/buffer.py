@@ -15,6 +15,11 @@ from typing import Any
 from forge_ray.types import TrajectoryMeta
 
 
+class TrajectoriesLost(RuntimeError):
+    """The payload of a taken group is gone from the object store: its producer died (it owned
+    the object) or the node holding it was lost. The groups' prompts are played again."""
+
+
 @dataclass
 class Group:
     """The trajectories of one prompt: metadata and refs in sample order."""
@@ -96,14 +101,16 @@ class TrajectoryBuffer:
 
     async def snapshot(self) -> list[tuple[str, list[Any]]]:
         """The complete groups waiting now, as ``(task_id, trajectories)``, left in place
-        (checkpoints). The payloads are fetched here so no ref leaves the buffer."""
+        (checkpoints). The payloads are fetched here so no ref leaves the buffer. A group whose
+        payload is lost is left out: a resumed run plays its prompt again."""
+        from ray.exceptions import ObjectLostError
+
         ready = list(self._ready)
-        trajs = list(await asyncio.gather(*(ref for g in ready for ref in g.refs)))
-        out, i = [], 0
-        for g in ready:
-            out.append((g.task_id, trajs[i : i + len(g.refs)]))
-            i += len(g.refs)
-        return out
+        fetched = await asyncio.gather(*(asyncio.gather(*g.refs) for g in ready), return_exceptions=True)
+        for g, trajs in zip(ready, fetched):
+            if isinstance(trajs, BaseException) and not isinstance(trajs, ObjectLostError):
+                raise trajs
+        return [(g.task_id, list(trajs)) for g, trajs in zip(ready, fetched) if not isinstance(trajs, BaseException)]
 
     def drain(self) -> list[Group]:
         """Remove and return every complete group (checkpointing and shutdown)."""

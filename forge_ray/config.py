@@ -25,6 +25,8 @@ class ClusterConfig:
     address: str = ""  # Ray address to join; "" starts an embedded local cluster
     num_cpus: int = 0  # logical CPUs of the embedded cluster (0 = Ray's count); oversubscribe on small boxes
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto picks cuda when torch sees a GPU
+    rollout_resources: dict = field(default_factory=dict)  # custom resources per rollout engine, e.g. {rollout: 1} (cluster.yaml node types)
+    learner_resources: dict = field(default_factory=dict)  # custom resources per learner rank, e.g. {learner: 1}
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ def _spawn(job: JobConfig, model_path: str, device: str) -> tuple[Any, Any, Any,
     import ray
 
     from forge_ray.buffer import TrajectoryBuffer
+    from forge_ray.cluster.actors import on_driver_node
     from forge_ray.env.pool import EnvServices
     from forge_ray.learner.group import LearnerGroup
     from forge_ray.rollout.agent_loop import EpisodeSpec
@@ -41,10 +42,11 @@ def _spawn(job: JobConfig, model_path: str, device: str) -> tuple[Any, Any, Any,
     env_kwargs = {"max_tool_turns": env.max_turns} if env.name == "calculator" else {}
     gpu = {"GPU": 1} if device == "cuda" else {}
     services = EnvServices.start(job, env_kwargs)  # env pool / reward actor, when configured
-    rollout = RolloutGroup(model_path, r.num_engines, engine_kwargs, env.name, env_kwargs, spec, {"CPU": 1, **gpu},
-                           env_pool=services.pool, scorer=services.scorer)
-    learner = LearnerGroup(job.learner, model_path, job.model.dtype, device, {"CPU": 1, **gpu}, temperature=r.temperature)
-    buffer = ray.remote(TrajectoryBuffer).options(name="forge/buffer", max_concurrency=10_000).remote(
+    rollout = RolloutGroup(model_path, r.num_engines, engine_kwargs, env.name, env_kwargs, spec,
+                           {"CPU": 1, **gpu, **job.cluster.rollout_resources}, env_pool=services.pool, scorer=services.scorer)
+    learner = LearnerGroup(job.learner, model_path, job.model.dtype, device, {"CPU": 1, **gpu, **job.cluster.learner_resources},
+                           temperature=r.temperature)
+    buffer = ray.remote(TrajectoryBuffer).options(name="forge/buffer", max_concurrency=10_000, **on_driver_node()).remote(
         r.group_size, staleness(job), capacity=r.batch_prompts * (staleness(job) + 2))
     return rollout, learner, buffer, services
 
@@ -102,6 +104,7 @@ async def _train(job: JobConfig, run: Run, rollout: Any, learner: Any, buffer: A
         "rollout_idle_frac": 1 - feeder.busy() / wall, "learner_idle_frac": 1 - state.learner_busy / wall,
         "sync_seconds_mean": sum(state.sync_seconds) / max(len(state.sync_seconds), 1),
         "engine_start_seconds": engine_seconds, "rollout_restarts": rollout.restarts, "learner_restarts": learner.restarts, **ledger,
+        **({"by_category": {"sft": state.before["by_category"], "rl": after["by_category"]}} if "by_category" in after else {}),
     }
 
 
@@ -131,35 +134,46 @@ async def _begin(job: JobConfig, run: Run, rollout: Any, learner: Any, buffer: A
 async def _step(job: JobConfig, run: Run, step: int, state: DriverState, rollout: Any, learner: Any, buffer: Any,
                 pool: Any, feeder: Any, t_start: float) -> None:
     """One learner step: take M groups, update, publish the new weights to the engines."""
+    from forge_ray.buffer import TrajectoriesLost
+    from forge_ray.feeder import why
     from forge_ray.learner.batching import plan_update
 
-    with run.timer("wait_rollout"):
-        taken = await buffer.take.remote(job.learner.batch_groups, state.version)
-    for group in taken.stale:  # too old to learn from: run the prompt again
-        feeder.requeue(group.task_id)
+    while True:
+        with run.timer("wait_rollout"):
+            taken = await feeder.guard(buffer.take.remote(job.learner.batch_groups, state.version))
+        for group in taken.stale:  # too old to learn from: run the prompt again
+            feeder.requeue(group.task_id)
+        plan = plan_update(taken.groups, job.learner.drop_zero_variance, job.reward.turn_weight)
+        try:
+            metrics = await _learn(job, run, state, rollout, learner, plan.items) if plan.items else {}
+            break
+        except TrajectoriesLost as e:  # a producer or a node died under buffered groups
+            log.warning("%d taken groups lost their trajectories (%s); their prompts run again", len(taken.groups), why(e))
+            for group in taken.groups:
+                feeder.requeue(group.task_id)
     feeder.taken([g.task_id for g in taken.groups])
-    plan = plan_update(taken.groups, job.learner.drop_zero_variance, job.reward.turn_weight)
     lag = max((state.version - g.min_version for g in taken.groups), default=0)  # policy versions behind
     for group in taken.groups:
         pool.consume(group.task_id)
-
-    metrics: dict[str, Any] = {}
-    if plan.items:
-        t0 = time.perf_counter()
-        with run.timer("train"):
-            metrics, refs = await _update(run, learner, plan.items, state.version + 1, job.rollout.bucket_mb)
-        state.version += 1
-        state.learner_busy += time.perf_counter() - t0
-        with run.timer("sync"):
-            syncs = await rollout.update_weights(state.version, refs)
-        state.sync_seconds.append(max((s["sync_seconds"] for s in syncs), default=0.0))
-        metrics["sync_seconds"] = state.sync_seconds[-1]
     feeder.step_done()
     state.step = step
     row = _log_step(run, step, state.version, lag, plan, metrics, taken, feeder, t_start)
     _export(row, feeder, (await buffer.stats.remote())["ready"], len(taken.groups))
     if job.run.sample_every and step % job.run.sample_every == 0:
         run.log_samples(step, _samples(taken.groups))
+
+
+async def _learn(job: JobConfig, run: Run, state: DriverState, rollout: Any, learner: Any, items: list) -> dict[str, Any]:
+    """Update on ``items``, then sync the new policy version to the engines."""
+    t0 = time.perf_counter()
+    with run.timer("train"):
+        metrics, refs = await _update(run, learner, items, state.version + 1, job.rollout.bucket_mb)
+    state.version += 1
+    state.learner_busy += time.perf_counter() - t0
+    with run.timer("sync"):
+        syncs = await rollout.update_weights(state.version, refs)
+    state.sync_seconds.append(max((s["sync_seconds"] for s in syncs), default=0.0))
+    return {**metrics, "sync_seconds": state.sync_seconds[-1]}
 
 
 async def _update(run: Run, learner: Any, items: list, version: int, bucket_mb: int) -> tuple[dict, list]:

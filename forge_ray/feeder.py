@@ -79,8 +79,22 @@ class PromptPool:
         }
 
 
+def why(e: BaseException) -> str:
+    """One line on why a remote call failed: the cause's type and its last line of message
+    (a ``RayTaskError`` carries the remote traceback; the cause is what matters)."""
+    cause = getattr(e, "cause", None) or e
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[-1].strip()[:300] if lines else ''}"
+
+
+class FeederGaveUp(RuntimeError):
+    """One prompt's group failed ``max_failures`` times in a row: a deterministic fault (a
+    broken environment, a bad engine), not a passing one; retrying forever would hide it."""
+
+
 class Feeder:
-    def __init__(self, pool: PromptPool, rollout: Any, buffer: Any, *, group_size: int, batch_prompts: int, batch_groups: int, max_staleness: int):
+    def __init__(self, pool: PromptPool, rollout: Any, buffer: Any, *, group_size: int, batch_prompts: int, batch_groups: int,
+                 max_staleness: int, max_failures: int = 5):
         self.pool, self.rollout, self.buffer = pool, rollout, buffer
         self.group_size, self.n, self.m, self.staleness = group_size, batch_prompts, batch_groups, max_staleness
         self.steps = 0
@@ -96,9 +110,22 @@ class Feeder:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._runner: asyncio.Task | None = None
+        self.max_failures, self.failures = max_failures, Counter()  # per prompt, in a row
+        self.gave_up: asyncio.Future | None = None
 
     def start(self) -> None:
+        self.gave_up = asyncio.get_running_loop().create_future()
         self._runner = asyncio.create_task(self._run())
+
+    async def guard(self, awaitable: Any) -> Any:
+        """Await ``awaitable`` (e.g. the buffer's ``take``) unless the feeder gives up first;
+        then raise ``FeederGaveUp``."""
+        work = asyncio.ensure_future(awaitable)
+        await asyncio.wait({work, self.gave_up}, return_when=asyncio.FIRST_COMPLETED)
+        if self.gave_up.done():
+            work.cancel()
+            self.gave_up.result()
+        return work.result()
 
     def allowed(self) -> int:
         return self.n + (self.steps + self.staleness) * self.m + self.extra
@@ -124,8 +151,12 @@ class Feeder:
             metas = await self.rollout.run_group(task, group_id, self.group_size, self.buffer)
             self.trajectories += len(metas)
             self.tokens += sum(m.num_tokens for m in metas)
+            self.failures.pop(task.id, None)
         except Exception as e:  # a lost group is retried, never silently dropped
-            log.warning("group %s#%d failed (%s); re-queued", task.id, attempt, str(e).splitlines()[0][:200])
+            log.warning("group %s#%d failed (%s); re-queued", task.id, attempt, why(e))
+            self.failures[task.id] += 1
+            if self.failures[task.id] >= self.max_failures and self.gave_up and not self.gave_up.done():
+                self.gave_up.set_exception(FeederGaveUp(f"prompt {task.id} failed {self.failures[task.id]} times in a row; last: {why(e)}"))
             self.requeue(task.id)
             if self.buffer is not None:  # what the group had finished is no longer needed
                 await self.buffer.discard.remote(group_id)

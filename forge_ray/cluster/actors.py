@@ -45,6 +45,16 @@ class ActorGroupHandle:
         remove_placement_group(self.placement_group)
 
 
+def on_driver_node() -> dict[str, Any]:
+    """Actor options for the run's control plane (buffer, env-pool manager, reward actor): no
+    CPU, on the driver's node. They hold state the run cannot lose with a worker node, and
+    the driver's own node going down ends the run anyway."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
+
+
 def reserve(role: str, bundles: list[dict[str, float]], strategy: str = "PACK", timeout_s: float = 300.0) -> Any:
     """Create a placement group and wait for it, logging every 10 s."""
     import ray

@@ -228,7 +228,9 @@ class EnvPool:
         """Start the manager (which spawns the env actors) and wait until every actor answers."""
         import ray
 
-        manager = ray.remote(EnvPoolManager).options(name="forge/env-pool", num_cpus=0, max_concurrency=10_000).remote(spec)
+        from forge_ray.cluster.actors import on_driver_node
+
+        manager = ray.remote(EnvPoolManager).options(name="forge/env-pool", max_concurrency=10_000, **on_driver_node()).remote(spec)
         try:
             capacity = ray.get(manager.ready.remote(), timeout=timeout_s)
         except Exception:

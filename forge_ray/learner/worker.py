@@ -86,14 +86,25 @@ class FSDPWorker:
         import torch
         import torch.distributed as dist
 
+        from ray.exceptions import ObjectLostError
+
+        from forge_ray.buffer import TrajectoriesLost
+
         t0 = time.perf_counter()
-        trajs = ray.get([box[0] for box, _ in items]) if items else []
+        lost = ""
+        try:
+            trajs = ray.get([box[0] for box, _ in items]) if items else []
+        except ObjectLostError as e:  # agreed on below, so no rank is left alone in a collective
+            trajs, lost = [], type(e).__name__
         advs = [a for _, a in items]
         mb = self.cfg.micro_batch
         chunks = [(trajs[i : i + mb], advs[i : i + mb]) for i in range(0, len(trajs), mb)]
         # Every rank must run the same number of forward/backward passes (FSDP collectives).
-        n = torch.tensor([len(chunks)])
-        dist.all_reduce(n, op=dist.ReduceOp.MAX)
+        agreed = torch.tensor([len(chunks), int(bool(lost))])
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+        if agreed[1]:
+            raise TrajectoriesLost(f"rank {self.rank}: {lost or 'another rank'} lost trajectories of this batch; no update made")
+        n = agreed[0]
         sums: dict[str, float] = {}
         for i in range(int(n)):
             batch = chunks[i] if i < len(chunks) else None

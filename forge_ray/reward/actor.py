@@ -121,7 +121,9 @@ def spawn_reward_actor(env_name: str, env_kwargs: dict | None = None, *, timeout
     """Start the reward actor and wait until it is up (a bad env name fails here)."""
     import ray
 
-    actor = ray.remote(RewardActor).options(name=name, num_cpus=0, max_concurrency=1000).remote(
+    from forge_ray.cluster.actors import on_driver_node
+
+    actor = ray.remote(RewardActor).options(name=name, max_concurrency=1000, **on_driver_node()).remote(
         env_name, env_kwargs, timeout_s, workers, scorer)
     try:
         ray.get(actor.stats.remote(), timeout=120)

@@ -89,8 +89,8 @@ class RolloutWorker:
         if failed:
             raise EnvPoolError(f"group {group_id}: {len(failed)} of {n} episodes lost to the env pool ({failed[0]})")
         metas = [trajectory_meta(traj) for traj, _ in played]
-        # Owned by the buffer, not by this actor: buffered trajectories outlive a dead engine.
-        await asyncio.gather(*(buffer.put.remote(meta, [ray.put(traj, _owner=buffer)]) for meta, (traj, _) in zip(metas, played)))
+        # This actor owns the objects: if it dies, the learner meets ``TrajectoriesLost``.
+        await asyncio.gather(*(buffer.put.remote(meta, [ray.put(traj)]) for meta, (traj, _) in zip(metas, played)))
         for traj, _ in played:
             telemetry.count("rollout_tokens", traj.num_sampled, role="rollout")
             telemetry.count("trajectories", 1, role="rollout")

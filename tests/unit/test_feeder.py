@@ -124,3 +124,44 @@ def test_restore_rejects_a_ledger_of_other_prompts():
     state = PromptPool(tasks(4)).state()
     with pytest.raises(AccountingError, match="was env changed"):
         pool.restore(state)
+
+
+class BrokenRollout:
+    """Every group fails the same way, as a broken environment would make it."""
+
+    def __init__(self):
+        self.calls = Counter()
+
+    async def run_group(self, task, group_id, n, buffer):
+        self.calls[task.id] += 1
+        await asyncio.sleep(0.001)
+        raise ValueError("env exploded")
+
+
+def test_feeder_gives_up_on_a_prompt_that_always_fails():
+    from forge_ray.feeder import FeederGaveUp
+
+    async def scenario():
+        pool = PromptPool(tasks(20))
+        rollout = BrokenRollout()
+        feeder = Feeder(pool, rollout, None, group_size=2, batch_prompts=2, batch_groups=2, max_staleness=0, max_failures=3)
+        feeder.start()
+        never = asyncio.get_running_loop().create_future()  # the buffer's take, which never fills
+        with pytest.raises(FeederGaveUp, match=r"failed 3 times in a row; last: ValueError: env exploded"):
+            await asyncio.wait_for(feeder.guard(never), 10)
+        assert never.cancelled()
+        await feeder.stop()
+        assert max(rollout.calls.values()) >= 3
+        assert pool.check(feeder.untaken)["prompts_consumed"] == 0  # the ledger still balances
+
+    asyncio.run(scenario())
+
+
+def test_feeder_guard_passes_results_through():
+    async def scenario():
+        feeder = Feeder(PromptPool(tasks(1)), BrokenRollout(), None, group_size=1, batch_prompts=0, batch_groups=1, max_staleness=0)
+        feeder.start()
+        assert await feeder.guard(asyncio.sleep(0.01, result="taken")) == "taken"
+        await feeder.stop()
+
+    asyncio.run(scenario())
