@@ -98,4 +98,5 @@ def test_sigkill_driver_then_resume(tmp_path, tiny_model):
     history = wandb_history(run_dir)
     logged = {int(h["rl/step"]) for h in history if "rl/reward_mean" in h}
     assert 1 in logged and {5, 6} <= logged and logged <= set(range(1, STEPS + 1))
-    assert any("rl/samples" in h for h in history)  # the table of sample trajectories
+    tables = [h for h in history if h.get("rl/samples/_type") == "table-file"]  # the table of sample trajectories
+    assert tables and all(h["rl/samples/nrows"] >= 1 for h in tables)

@@ -1,4 +1,4 @@
-"""The sandbox (forge_ray/env/sandbox.py): escape suite through bwrap, process backend, truncation, CLI.
+"""The sandbox (forge_ray/env/sandbox.py, proctree.py): escape suite through bwrap, process backend, truncation, CLI.
 
 Every escape case asserts two things: the program inside was contained, and the host was
 left untouched (no file appeared, no connection arrived, no process survived).
@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from forge_ray.env import sandbox as sbx
+from forge_ray.env import proctree, sandbox as sbx
 from forge_ray.env.sandbox import SandboxError, SandboxLimits, make_sandbox, truncate_output
 
 needs_bwrap = pytest.mark.skipif(
@@ -48,7 +48,7 @@ def _assert_no_leftovers(sb, marker: str | None = None) -> None:
     if marker is not None:
         assert _procs_with(marker) == [], f"processes with {marker} outlived the run"
     if getattr(sb, "_uid", None) is not None:
-        assert sbx._live_pids_of_uid(sb._uid) == [], "processes of the sandbox uid outlived the run"
+        assert proctree._live_pids_of_uid(sb._uid) == [], "processes of the sandbox uid outlived the run"
 
 
 @pytest.fixture
@@ -269,7 +269,7 @@ def test_truncate_output_exact():
     text = "é€" * 7000 + "🙂" * 11 + "z" * 13
     data = text.encode()
     for step in (1, 3, 4096):   # the streaming capture agrees with the pure function, however split
-        cap = sbx._Capture(10_000)
+        cap = proctree._Capture(10_000)
         for i in range(0, len(data), step):
             cap.feed(data[i:i + step])
         cap.feed(b"", final=True)
