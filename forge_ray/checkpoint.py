@@ -107,3 +107,29 @@ def inflight(untaken: dict[str, int], buffered: Counter) -> list[str]:
     for task_id, n in untaken.items():
         out += [task_id] * max(n - buffered[task_id], 0)
     return out
+
+
+def export_hf(path: str | Path, out_dir: str | Path, base_model: str | Path | None = None) -> Path:
+    """Write the policy of RL checkpoint ``path`` as a Hugging Face folder (transformers and
+    vLLM load it), in this process: no Ray, no process group. The architecture, config and
+    tokenizer come from ``base_model``, by default the run's starting policy (its SFT, else its
+    base model folder next to the checkpoint)."""
+    import torch.distributed.checkpoint as dcp
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "learner").is_dir():
+        raise FileNotFoundError(f"{path} is not an RL checkpoint (no learner/ inside); expected <run>/checkpoints/rl-step-NNNNNN")
+    if base_model is None:
+        base_model = next((path.parent / s for s in ("sft", "base") if (path.parent / s / "config.json").exists()), None)
+        if base_model is None:
+            raise FileNotFoundError(f"no sft/ or base/ model next to {path}: pass the starting model folder")
+    model = AutoModelForCausalLM.from_pretrained(base_model)
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=str(path / "learner"))  # reads the model shards only
+    model.load_state_dict(state["model"])
+    out = Path(out_dir)
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base_model).save_pretrained(out)
+    log.info("exported %s -> %s", path, out)
+    return out

@@ -62,6 +62,18 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from forge_ray.checkpoint import export_hf
+
+    path = Path(args.checkpoint)
+    if path.name == "latest" and path.is_file():  # the pointer file names the newest checkpoint
+        path = path.parent / path.read_text().strip()
+    print(export_hf(path, args.out_dir, args.base_model))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forge-ray", description="Ray-native RL for agentic LLMs")
     sub = p.add_subparsers(dest="command", required=True)
@@ -82,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
     how.add_argument("--print-only", action="store_true", help="print the equivalent `ray job submit` command and exit")
     submit_p.set_defaults(fn=_submit)
+    export = sub.add_parser("export", help="write an RL checkpoint's policy as a Hugging Face folder")
+    export.add_argument("checkpoint", help="runs/<run>/checkpoints/rl-step-NNNNNN, or runs/<run>/checkpoints/latest")
+    export.add_argument("out_dir")
+    export.add_argument("--base-model", default=None, help="config and tokenizer source (default: the run's sft/ or base/ folder)")
+    export.set_defaults(fn=_export)
     tiny = sub.add_parser("make-tiny-model", help="build the tiny Qwen3-architecture model and its tokenizer")
     tiny.add_argument("out_dir")
     tiny.add_argument("--seed", type=int, default=0)

@@ -144,6 +144,7 @@ async def _step(job: JobConfig, run: Run, step: int, state: DriverState, rollout
         for group in taken.stale:  # too old to learn from: run the prompt again
             feeder.requeue(group.task_id)
         plan = plan_update(taken.groups, job.learner.drop_zero_variance, job.reward.turn_weight)
+        lag = max((state.version - g.min_version for g in taken.groups), default=0)  # policy versions behind
         try:
             metrics = await _learn(job, run, state, rollout, learner, plan.items) if plan.items else {}
             break
@@ -152,7 +153,6 @@ async def _step(job: JobConfig, run: Run, step: int, state: DriverState, rollout
             for group in taken.groups:
                 feeder.requeue(group.task_id)
     feeder.taken([g.task_id for g in taken.groups])
-    lag = max((state.version - g.min_version for g in taken.groups), default=0)  # policy versions behind
     for group in taken.groups:
         pool.consume(group.task_id)
     feeder.step_done()

@@ -27,7 +27,9 @@ TAG = f"forge-resume-test-{os.getpid()}"
 
 def forge_run(overrides, *extra):
     cmd = [str(BIN / "forge-ray"), "run", "jobs/quickstart.yaml", *[w for o in overrides for w in ("--set", o)], *extra]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # A fresh CLI run: not this test process's Ray, nor its W&B service (WANDB_SERVICE, set once
+    # an in-process run used W&B), which would outlive the killed driver and own its stream.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "WANDB_SERVICE"}
     env["FORGE_TEST_TAG"] = TAG  # inherited by every process of the run, to find stragglers
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

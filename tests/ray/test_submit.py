@@ -79,7 +79,7 @@ def head():
     temp = Path(tempfile.mkdtemp(prefix="frsub", dir="/tmp"))  # short: Ray's socket paths must fit 107 chars
     token = secrets.token_hex(32)
     gcs, dash, client, agent, agent_grpc, metrics, rt_env = free_ports(7)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "WANDB_SERVICE"}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
