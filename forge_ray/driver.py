@@ -203,10 +203,15 @@ async def _checkpoint(job: JobConfig, run: Run, state: DriverState, learner: Any
 
 
 def _samples(groups: list, k: int = 4) -> list[Any]:
-    """The first trajectory of up to ``k`` groups, fetched from the object store (for logging)."""
+    """The first trajectory of up to ``k`` groups, fetched from the object store (for logging;
+    none when their payload is gone, see ``TrajectoriesLost``)."""
     import ray
+    from ray.exceptions import ObjectLostError
 
-    return ray.get([g.refs[0] for g in groups[:k]]) if groups else []
+    try:
+        return ray.get([g.refs[0] for g in groups[:k]]) if groups else []
+    except ObjectLostError:
+        return []
 
 
 def _log_step(run: Run, step: int, version: int, lag: int, plan: Any, metrics: dict, taken: Any, feeder: Any, t_start: float) -> dict:
