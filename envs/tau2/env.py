@@ -22,6 +22,7 @@ from typing import Any, Coroutine
 
 from envs.tau2.domain import load_domain, score_messages, user_scenario
 from envs.tau2.users import UserContextExceeded, is_stop, make_user, user_system_prompt
+from forge_ray.rollout.agent_loop import LocalEnv
 from forge_ray.types import Action, RewardBreakdown, StepResult, Task
 
 
@@ -192,20 +193,12 @@ class Tau2Env:
         return RewardBreakdown(result.reward, result.parts)
 
 
-class Tau2AsyncEnv:
-    """``Tau2Env`` as the agent loop's ``AsyncEnv``: the user simulator is awaited."""
-
-    def __init__(self, env: Tau2Env):
-        self.env = env
-
-    async def reset(self, task: Task) -> None:
-        self.env.reset(task)
+class Tau2AsyncEnv(LocalEnv):
+    """``Tau2Env`` as the agent loop's ``AsyncEnv``: like any in-process env, except that a
+    step awaits the user simulator instead of blocking the event loop on it."""
 
     async def step(self, action: Action) -> StepResult:
         return await self.env.astep(action)
-
-    async def score(self, task: Task, messages: list[dict]) -> RewardBreakdown:
-        return self.env.score(task, messages)
 
 
 __all__ = ["Tau2AsyncEnv", "Tau2Env"]
