@@ -60,6 +60,7 @@ class SFTConfig:
     batch_size: int = 32  # sequences per optimizer step, over all workers
     num_workers: int = 2  # Ray Train workers (FSDP2 ranks)
     seed: int = 0  # data order and init seed
+    env_kwargs: dict = field(default_factory=dict)  # task-source kwargs of the demonstrations, over env.kwargs
 
 
 @dataclass(frozen=True)

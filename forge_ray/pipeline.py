@@ -54,13 +54,13 @@ def init_ray(job: JobConfig) -> None:
 
 
 def tiny_corpus(job: JobConfig, n: int = 400) -> list[str]:
-    """In-domain documents for the tiny tokenizer: rendered expert conversations."""
+    """In-domain documents for the tiny tokenizer: rendered expert conversations (the SFT's)."""
     from jinja2 import Template
 
-    from envs import make_tasks
     from forge_ray.rollout.chat import TOOL_CHAT_TEMPLATE
+    from forge_ray.train.sft import demo_source
 
-    source = make_tasks(job.env.name, **job.env.kwargs)
+    source = demo_source(job)
     template = Template(TOOL_CHAT_TEMPLATE)
     tasks = source.tasks("train", n, job.env.seed + 20_000)
     return [template.render(messages=t.messages + source.expert(t), tools=t.tools, add_generation_prompt=False) for t in tasks]
@@ -126,15 +126,18 @@ def run_job(job: JobConfig, resume_dir: str | None = None) -> dict[str, Any]:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
+    categories = summary.get("by_category", {})
     rows = [("held-out success, SFT", summary.get("sft_success")), ("held-out success, RL", summary.get("rl_success")),
+            *((f"  {c}: SFT -> RL (n={s['n']})", f"{s['accuracy']:.3f} -> {categories['rl'][c]['accuracy']:.3f}")
+              for c, s in categories.get("sft", {}).items() if c in categories.get("rl", {})),
             ("eval tasks", summary.get("eval_tasks")), ("RL steps (policy version)", summary.get("policy_version")),
             ("trajectories / s", summary.get("trajectories_per_s")), ("rollout idle fraction", summary.get("rollout_idle_frac")),
             ("learner idle fraction", summary.get("learner_idle_frac")), ("weight sync s (mean)", summary.get("sync_seconds_mean")),
             ("wall seconds", summary.get("wall_seconds")), ("peak RSS GB", summary.get("peak_rss_gb"))]
     width = max(len(k) for k, _ in rows)
-    print("\n" + "-" * (width + 14))
+    print("\n" + "-" * (width + 16))
     for k, v in rows:
         if v is not None:
-            print(f"{k:<{width}}  {v:>10.3f}" if isinstance(v, float) else f"{k:<{width}}  {v!s:>10}")
-    print("-" * (width + 14))
+            print(f"{k:<{width}}  {v:>14.3f}" if isinstance(v, float) else f"{k:<{width}}  {v!s:>14}")
+    print("-" * (width + 16))
     print(f"run directory: {summary['run_dir']}  (summary.json, metrics.jsonl, plots/reward.png, checkpoints/)\n")

@@ -137,22 +137,40 @@ class CalculatorTasks:
     """TaskSource of calculator questions.
 
     ``ops_weights[k]`` is the relative frequency of questions with ``k + 1`` operations
-    (default: a third each of 1, 2 and 3); ``max_operand`` bounds the operands (0..99).
+    (default: a third each of 1, 2 and 3); ``max_operand`` bounds the operands (0..99);
+    ``ops`` are the operations questions use (default all: add, sub, mul; the tools offered are
+    always all three).
+
+    ``direct_answer_rate`` makes the expert a mixed teacher, like demonstrations distilled from a
+    larger model that does easy arithmetic in its head: on questions of at most
+    ``direct_answer_max_ops`` operations it answers ``Answer: N`` at once, without tools, in that
+    fraction of its demonstrations (chosen per task id, so deterministically). The answer is
+    still right; whether a student can do the same is what RL finds out. 0 (default): the expert
+    always uses the tools.
     """
 
-    def __init__(self, ops_weights: Sequence[float] = (1.0, 1.0, 1.0), max_operand: int = 99):
+    def __init__(self, ops_weights: Sequence[float] = (1.0, 1.0, 1.0), max_operand: int = 99,
+                 direct_answer_rate: float = 0.0, direct_answer_max_ops: int = 1,
+                 ops: Sequence[str] = tuple(OPS)):
         weights = [float(w) for w in ops_weights]
         if len(weights) != 3 or any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"ops_weights must be 3 non-negative weights, not all 0: {ops_weights!r}")
         if max_operand < 1:
             raise ValueError(f"max_operand must be >= 1, got {max_operand}")
+        if not ops or any(op not in OPS for op in ops):
+            raise ValueError(f"ops must be a non-empty subset of {list(OPS)}, got {ops!r}")
+        if not 0.0 <= direct_answer_rate <= 1.0:
+            raise ValueError(f"direct_answer_rate must be in [0, 1], got {direct_answer_rate}")
         self.ops_weights = weights
         self.max_operand = max_operand
+        self.ops = list(ops)
+        self.direct_answer_rate = float(direct_answer_rate)
+        self.direct_answer_max_ops = int(direct_answer_max_ops)
 
     def _sample_chain(self, rng: random.Random) -> Chain:
         num_ops = rng.choices([1, 2, 3], weights=self.ops_weights)[0]
         first = rng.randint(0, self.max_operand)
-        steps = tuple((rng.choice(list(OPS)), rng.randint(0, self.max_operand)) for _ in range(num_ops))
+        steps = tuple((rng.choice(self.ops), rng.randint(0, self.max_operand)) for _ in range(num_ops))
         return Chain(first, steps)
 
     def _draw(self, rng: random.Random, split: str, seen: set[str]) -> Chain:
@@ -186,13 +204,23 @@ class CalculatorTasks:
                 tools=copy.deepcopy(TOOLS),  # a task's specs are its own to mutate
                 answer={"value": chain.value(), "calls": chain.gold_calls()},
                 meta={"split": split, "expression": chain.canonical(),
-                      "num_ops": len(chain.steps), "style": style},
+                      "num_ops": len(chain.steps), "style": style,
+                      "category": f"{len(chain.steps)}-op"},  # eval reports success per category
             ))
         return out
 
+    def answers_directly(self, task: Task) -> bool:
+        """Whether the expert's demonstration of ``task`` skips the tools (see the class doc)."""
+        if self.direct_answer_rate <= 0 or len(task.answer["calls"]) > self.direct_answer_max_ops:
+            return False
+        return random.Random(f"calculator:direct:{task.id}").random() < self.direct_answer_rate
+
     def expert(self, task: Task) -> list[dict]:
         """The gold continuation: one tool call per assistant turn, each followed by the tool's
-        result, then ``Answer: N``. Results come from the same code the env runs."""
+        result, then ``Answer: N`` (or only the answer, see ``answers_directly``). Results come
+        from the same code the env runs."""
+        if self.answers_directly(task):
+            return [{"role": "assistant", "content": f"Answer: {task.answer['value']}"}]
         messages: list[dict] = []
         for call in task.answer["calls"]:
             tool_call = ToolCall(call["name"], dict(call["arguments"]))

@@ -131,13 +131,16 @@ def synthetic_corpus(seed: int, n_lines: int = _CORPUS_LINES) -> list[str]:
 
 
 def _train_tokenizer(seed: int, vocab_size: int, max_length: int, corpus: list[str]):
-    """Byte-level BPE with digits split one per token, wrapped as a transformers tokenizer."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """Byte-level BPE over chunks of at most three digits, wrapped as a transformers tokenizer."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),  # "12345" -> 5 tokens: arithmetic-friendly
+        # Numbers in chunks of <= 3 digits that BPE may merge ("15" -> one token): copying an
+        # operand is then a single token (with digits one per token, SFT of the 2-layer
+        # quickstart model often stalled on copying the second digit; docs/rl.md).
+        pre_tokenizers.Split(Regex(r"\d{1,3}"), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),  # merges may span words: chat and JSON scaffolding compress to few tokens
     ])
     tok.decoder = decoders.ByteLevel()

@@ -131,6 +131,25 @@ def test_expert_replay_scores_one(source):
         assert reward.error is None
 
 
+def test_mixed_teacher_answers_some_short_questions_directly():
+    source = CalculatorTasks(ops_weights=(1, 1, 0), direct_answer_rate=0.7)
+    tasks = source.tasks("train", 400, seed=1)
+    env = CalculatorEnv()
+    direct = [t for t in tasks if source.answers_directly(t)]
+    assert all(t.meta["num_ops"] == 1 for t in direct)  # only questions of <= direct_answer_max_ops
+    one_op = sum(t.meta["num_ops"] == 1 for t in tasks)
+    assert 0.6 < len(direct) / one_op < 0.8
+    for task in tasks:
+        expert = source.expert(task)
+        assert (len(expert) == 1) == (task in direct)
+        assert env.score(task, task.messages + expert).total == 1.0  # a direct answer is still right
+    assert [source.answers_directly(t) for t in tasks] == [
+        CalculatorTasks(ops_weights=(1, 1, 0), direct_answer_rate=0.7).answers_directly(t) for t in tasks]
+    assert not any(CalculatorTasks(ops_weights=(1, 1, 0)).answers_directly(t) for t in tasks)
+    with pytest.raises(ValueError, match="direct_answer_rate"):
+        CalculatorTasks(direct_answer_rate=1.5)
+
+
 # -- env and reward ---------------------------------------------------------------------------
 
 
@@ -270,3 +289,18 @@ def test_step_wise_turn_rewards():
     first = task.answer["calls"][0]
     wrong[0]["content"] = render_tool_call(ToolCall(first["name"], {**first["arguments"], "a": first["arguments"]["a"] + 1}))
     assert env.score(task, task.messages + wrong).per_turn == [0.0, 0.0, 0.0]
+
+
+def test_demonstrations_take_sft_env_kwargs_over_env_kwargs():
+    from forge_ray.config import load_job
+    from forge_ray.train.sft import demo_source
+
+    job = load_job(None, ["env.kwargs={max_operand: 20, ops_weights: [1, 1, 0]}",
+                          "sft.env_kwargs={direct_answer_rate: 0.7, ops: [add, sub]}"])
+    source = demo_source(job)
+    assert (source.max_operand, source.direct_answer_rate, source.ops) == (20, 0.7, ["add", "sub"])
+    tasks = source.tasks("train", 200, seed=0)
+    assert {c["name"] for t in tasks for c in t.answer["calls"]} == {"add", "sub"}
+    assert any(source.answers_directly(t) for t in tasks)
+    with pytest.raises(ValueError, match="ops"):
+        CalculatorTasks(ops=["div"])

@@ -28,8 +28,11 @@ def test_same_seed_same_bytes(tiny_dir, tmp_path):
     assert (other / "model.safetensors").read_bytes() != (tiny_dir / "model.safetensors").read_bytes()
 
 
-def test_digits_are_single_tokens(tokenizer):
-    assert len(tokenizer.encode("12345", add_special_tokens=False)) == 5
+def test_numbers_split_into_chunks_of_at_most_three_digits(tokenizer):
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode("1234567", add_special_tokens=False))
+    assert "".join(pieces) == "1234567" and all(1 <= len(p) <= 3 for p in pieces)
+    assert len(pieces) >= 3  # never merged across a chunk boundary
+    assert tokenizer.convert_ids_to_tokens(tokenizer.encode("x=12", add_special_tokens=False))[-1] == "12"
 
 
 @pytest.mark.parametrize("token", ["<|im_end|>", *TOOL_TOKENS])
