@@ -35,6 +35,8 @@ class ModelConfig:
     tiny_seed: int = 0  # seed of the tiny model when ``path`` is ""
     tiny_layers: int = 4  # decoder layers of the tiny model
     tiny_hidden: int = 256  # hidden size of the tiny model
+    tiny_heads: int = 4  # attention heads of the tiny model (head_dim = hidden / heads)
+    tiny_kv_heads: int = 2  # key/value heads of the tiny model (grouped-query attention when < heads)
     dtype: Literal["float32", "bfloat16"] = "float32"  # learner and engine dtype
 
 

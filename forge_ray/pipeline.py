@@ -71,8 +71,10 @@ def base_model(job: JobConfig, run: Run) -> str:
         return str(Path(job.model.path).resolve()) if Path(job.model.path).exists() else job.model.path
     from forge_ray.models.tiny import make_tiny_model
 
-    out = make_tiny_model(run.dir / "checkpoints" / "base", job.model.tiny_seed, num_layers=job.model.tiny_layers,
-                          hidden_size=job.model.tiny_hidden, intermediate_size=3 * job.model.tiny_hidden, corpus=tiny_corpus(job))
+    m = job.model
+    out = make_tiny_model(run.dir / "checkpoints" / "base", m.tiny_seed, num_layers=m.tiny_layers, hidden_size=m.tiny_hidden,
+                          intermediate_size=3 * m.tiny_hidden, num_heads=m.tiny_heads, num_kv_heads=m.tiny_kv_heads,
+                          corpus=tiny_corpus(job))
     log.info("built the tiny model into %s", out)
     return str(out)
 

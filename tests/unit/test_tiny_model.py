@@ -78,3 +78,19 @@ def test_model_loads_and_runs(tiny_dir, tokenizer):
         logits = model(ids).logits
     assert logits.shape == (1, ids.shape[1], model.config.vocab_size)
     assert torch.isfinite(logits).all()
+
+
+def test_job_shape_reaches_the_built_model(tmp_path):
+    """``model.tiny_*`` of a job file decide the built model's shape (the quickstart's MHA)."""
+    from pathlib import Path
+
+    from forge_ray.config import load_job
+    from forge_ray.metrics import Run
+    from forge_ray.pipeline import base_model
+
+    job = load_job(Path(__file__).parents[2] / "jobs" / "quickstart.yaml")
+    config = json.loads((Path(base_model(job, Run(job, tmp_path))) / "config.json").read_text())
+    m = job.model
+    assert (config["num_hidden_layers"], config["hidden_size"]) == (m.tiny_layers, m.tiny_hidden)
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (m.tiny_heads, m.tiny_kv_heads) == (4, 4)
+    assert config["head_dim"] == m.tiny_hidden // m.tiny_heads
