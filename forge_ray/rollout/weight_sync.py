@@ -13,12 +13,15 @@ point (``vllm.general_plugins`` in setup.py) calls ``register`` in the engine-co
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 BACKEND = "forge_host"
 
 _DTYPES = ("float32", "bfloat16", "float16")
+
+_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
 
 def pack_tensors(names: list[str], tensors: list[Any]) -> dict[str, Any]:
@@ -186,6 +189,9 @@ def _engine_class():
         def start_weight_update(self) -> None:
             from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
+            reload_log = logging.getLogger(_RELOAD_LOGGER)
+            if not any(isinstance(f, ExpectedReloadWarnings) for f in reload_log.filters):
+                reload_log.addFilter(ExpectedReloadWarnings(tied_head=_tied_head(self.model) is not None))
             initialize_layerwise_reload(self.model)
 
         def finish_weight_update(self) -> None:
@@ -207,19 +213,41 @@ def _engine_class():
     return HostWeightTransferEngine
 
 
-def _refresh_tied_head(model: Any) -> None:
-    """Re-derive a tied LM head's kernel weights. With tied embeddings no checkpoint tensor
-    is named after the head, so the reload never revisits it, yet on CPU the head keeps its
-    own pre-packed copy of the embedding matrix: without this, logits use stale weights."""
+class ExpectedReloadWarnings(logging.Filter):
+    """Drops the layer-wise reload's "Failed to load weights" warning, printed on every sync,
+    for layers that hold no checkpoint tensor by design: rotary embeddings (a cos/sin cache
+    derived from the config) and, with tied embeddings, the LM head (``_refresh_tied_head``
+    re-derives it). Any other layer that misses its weights still warns."""
+
+    def __init__(self, tied_head: bool) -> None:
+        super().__init__()
+        self.layers = ("RotaryEmbedding", "ParallelLMHead") if tied_head else ("RotaryEmbedding",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != "%s: Failed to load weights" or not record.args:
+            return True
+        return not str(record.args[0]).endswith(self.layers)
+
+
+def _tied_head(model: Any) -> Any:
+    """The model's LM head when it shares its weight with another module (tied embeddings)."""
     head = getattr(model, "lm_head", None)
     weight = getattr(head, "weight", None)
     if weight is None or weight.numel() == 0:
-        return
+        return None
     tied = any(
         m is not head and isinstance(getattr(m, "weight", None), type(weight)) and m.weight.data_ptr() == weight.data_ptr()
         for m in model.modules()
     )
-    if tied:
+    return head if tied else None
+
+
+def _refresh_tied_head(model: Any) -> None:
+    """Re-derive a tied LM head's kernel weights. With tied embeddings no checkpoint tensor
+    is named after the head, so the reload never revisits it, yet on CPU the head keeps its
+    own pre-packed copy of the embedding matrix: without this, logits use stale weights."""
+    head = _tied_head(model)
+    if head is not None:
         head.quant_method.process_weights_after_loading(head)
 
 

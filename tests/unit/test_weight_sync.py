@@ -35,3 +35,19 @@ def test_fingerprint_fuses_projections_like_vllm():
     assert compare_fingerprints(engine, fp) == []
     engine["model.norm.weight"] = {"digest": "0" * 16}
     assert compare_fingerprints(engine, fp) == ["model.norm.weight: digest 0000000000000000 != " + fp["model.norm.weight"]["digest"]]
+
+
+def test_reload_warnings_dropped_only_for_layers_without_weights():
+    import logging
+
+    from forge_ray.rollout.weight_sync import ExpectedReloadWarnings
+
+    def record(msg, *args):
+        return logging.LogRecord("vllm", logging.WARNING, __file__, 1, msg, args, None)
+
+    tied, untied = ExpectedReloadWarnings(tied_head=True), ExpectedReloadWarnings(tied_head=False)
+    failed = "%s: Failed to load weights"
+    assert not tied.filter(record(failed, "RotaryEmbedding")) and not untied.filter(record(failed, "MRotaryEmbedding"))
+    assert not tied.filter(record(failed, "ParallelLMHead"))
+    assert untied.filter(record(failed, "ParallelLMHead"))  # an untied head must load its own weights
+    assert tied.filter(record(failed, "QKVParallelLinear")) and tied.filter(record("%s: Delayed processing", "RotaryEmbedding"))
