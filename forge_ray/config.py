@@ -192,7 +192,16 @@ def build_job(sections: dict[str, Any], source: str = "<dict>") -> JobConfig:
                 raise ConfigError(f"{source}: unknown key '{name}.{key}' (known: {', '.join(fields)})")
             values[key] = _coerce(value, fields[key], f"{source}: {name}.{key}")
         built[name] = cls(**values)
-    return JobConfig(**built)
+    job = JobConfig(**built)
+    _check_tiny_shape(job.model, source)
+    return job
+
+
+def _check_tiny_shape(m: ModelConfig, source: str) -> None:
+    """Attention heads must split the width, and K/V heads the heads (grouped-query attention)."""
+    if min(m.tiny_heads, m.tiny_kv_heads) < 1 or m.tiny_hidden % m.tiny_heads or m.tiny_heads % m.tiny_kv_heads:
+        raise ConfigError(f"{source}: model.tiny_heads ({m.tiny_heads}) must divide model.tiny_hidden ({m.tiny_hidden}), "
+                          f"and model.tiny_kv_heads ({m.tiny_kv_heads}) must divide model.tiny_heads")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -43,6 +43,18 @@ def test_unknown_section_and_bad_values(tmp_path):
         load_job(tmp_path / "missing.yaml")
 
 
+def test_tiny_model_heads_must_split_evenly(tmp_path):
+    path = tmp_path / "heads.yaml"
+    path.write_text("model:\n  tiny_hidden: 128\n  tiny_heads: 4\n  tiny_kv_heads: 3\n")
+    with pytest.raises(ConfigError, match="model.tiny_kv_heads \\(3\\) must divide model.tiny_heads") as e:
+        load_job(path)
+    assert str(path) in str(e.value)
+    for bad in (["model.tiny_heads=3"], ["model.tiny_kv_heads=0"]):  # 256 % 3 (the default width); no K/V heads
+        with pytest.raises(ConfigError, match="model.tiny_heads"):
+            load_job(None, bad)
+    assert load_job(path, ["model.tiny_kv_heads=4"]).model.tiny_kv_heads == 4
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_jobs_parse(path):
     load_job(path)
