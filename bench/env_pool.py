@@ -23,14 +23,15 @@ ACTION = Action('<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool
 
 async def drive(make_env, tasks, steps: int) -> tuple[float, int]:
     """Play every task concurrently; (seconds, steps taken)."""
-    from forge_ray.env.pool import opened
-
     async def episode(task) -> int:
-        async with opened(make_env()) as env:
-            await env.reset(task)
+        env = make_env()
+        await env.open(task)
+        try:
             for _ in range(steps):
                 result = await env.step(ACTION)
                 assert not result.done and "3" in result.messages[0]["content"], result
+        finally:
+            await env.close()
         return steps
 
     t0 = time.perf_counter()
@@ -49,9 +50,9 @@ def main() -> None:
 
     import ray
 
-    from envs import make_env, make_tasks
-    from forge_ray.env.pool import EnvPool, EnvPoolSpec, PooledEnv
-    from forge_ray.rollout.agent_loop import LocalEnv
+    from envs import factory, make_env, make_tasks
+    from forge_ray.env.adapters import LocalEnv, PooledEnv
+    from forge_ray.env.pool import EnvPool, EnvPoolSpec
 
     kwargs = {"max_tool_turns": args.steps + 1}
     tasks = make_tasks("calculator").tasks("train", args.episodes, 0)
@@ -61,7 +62,7 @@ def main() -> None:
     ray.init(num_cpus=max(args.pool_sizes) + 1, include_dashboard=False)
     try:
         for size in args.pool_sizes:
-            pool = EnvPool.create(EnvPoolSpec("calculator", kwargs, size, args.slots, 30.0))
+            pool = EnvPool.create(EnvPoolSpec("calculator", factory("calculator", kwargs), size, args.slots, 30.0))
             try:
                 asyncio.run(drive(lambda: PooledEnv(pool), tasks[: size * args.slots], 2))  # warm-up
                 seconds, n = asyncio.run(drive(lambda: PooledEnv(pool), tasks, args.steps))

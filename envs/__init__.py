@@ -6,13 +6,16 @@ dependencies never load for another.
 """
 from __future__ import annotations
 
+import functools
 import importlib
-from typing import Any
+from typing import Any, Callable
 
 ENVS: dict[str, tuple[str, str, str]] = {
     "calculator": ("envs.calculator", "CalculatorEnv", "CalculatorTasks"),
     "tau2": ("envs.tau2", "Tau2Env", "Tau2Tasks"),  # kwargs: domain="retail" | "airline"
     "function_calling": ("envs.function_calling", "FunctionCallingEnv", "FunctionCallingTasks"),
+    "swe": ("envs.swe", "SweEnv", "SweTasks"),  # a repository, bash + edit_via_str_replace, tests as reward
+    "exercises": ("envs.exercises", "ExerciseEnv", "ExerciseTasks"),  # write a solution file, tests as reward
 }
 
 
@@ -26,6 +29,15 @@ def _load(name: str, index: int) -> Any:
 def make_env(name: str, **kwargs: Any) -> Any:
     """A fresh Env instance of environment ``name`` (kwargs go to its constructor)."""
     return _load(name, 1)(**kwargs)
+
+
+def factory(name: str, kwargs: dict[str, Any] | None = None) -> Callable[[], Any]:
+    """A picklable zero-argument maker of ``name``'s environments: what the pipeline hands to
+    the rollout workers, the env pool and the reward actor (the core never imports ``envs``).
+    Fails here, on the driver, for an unknown name or bad kwargs."""
+    kwargs = dict(kwargs or {})
+    make_env(name, **kwargs).close()
+    return functools.partial(make_env, name, **kwargs)
 
 
 def make_tasks(name: str, **kwargs: Any) -> Any:

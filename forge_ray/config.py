@@ -48,6 +48,7 @@ class EnvConfig:
     max_turns: int = 6  # tool turns before an episode is truncated
     seed: int = 0  # task-generation seed
     kwargs: dict = field(default_factory=dict)  # extra keyword arguments for the environment's task source
+    env_kwargs: dict = field(default_factory=dict)  # keyword arguments of the environment itself (its Env class)
     pool_size: int = 0  # env actors; 0 = environments run inside the rollout actors
     pool_slots: int = 16  # concurrent episodes per env actor (pool_size > 0)
     step_timeout_s: float = 30.0  # limit of one env-pool call (reset/step/score) and of one reward-actor score

@@ -35,20 +35,29 @@ def _spawn(job: JobConfig, model_path: str, device: str) -> tuple[Any, Any, Any,
     from forge_ray.rollout.agent_loop import EpisodeSpec
     from forge_ray.rollout.group import RolloutGroup
 
-    r, env = job.rollout, job.env
+    r = job.rollout
     spec = EpisodeSpec(r.max_new_tokens, r.max_context, r.temperature, r.top_p, r.episode_timeout_s)
     engine_kwargs = dict(dtype=job.model.dtype, max_model_len=r.max_context + r.max_new_tokens, kv_cache_mb=r.kv_cache_mb,
                          gpu_memory_utilization=r.gpu_memory_utilization, device=device, seed=job.run.seed)
-    env_kwargs = {"max_tool_turns": env.max_turns} if env.name == "calculator" else {}
+    factory = env_factory(job)
     gpu = {"GPU": 1} if device == "cuda" else {}
-    services = EnvServices.start(job, env_kwargs)  # env pool / reward actor, when configured
-    rollout = RolloutGroup(model_path, r.num_engines, engine_kwargs, env.name, env_kwargs, spec,
+    services = EnvServices.start(job, factory)  # env pool / reward actor, when configured
+    rollout = RolloutGroup(model_path, r.num_engines, engine_kwargs, factory, spec,
                            {"CPU": 1, **gpu, **job.cluster.rollout_resources}, env_pool=services.pool, scorer=services.scorer)
     learner = LearnerGroup(job.learner, model_path, job.model.dtype, device, {"CPU": 1, **gpu, **job.cluster.learner_resources},
                            temperature=r.temperature)
     buffer = ray.remote(TrajectoryBuffer).options(name="forge/buffer", max_concurrency=10_000, **on_driver_node()).remote(
         r.group_size, staleness(job), capacity=r.batch_prompts * (staleness(job) + 2))
     return rollout, learner, buffer, services
+
+
+def env_factory(job: JobConfig) -> Any:
+    """The job's environment maker (``env.env_kwargs``; for the calculator also ``env.max_turns``):
+    the one place the RL core's environments come from ``envs/``."""
+    import envs
+
+    env = job.env
+    return envs.factory(env.name, {**({"max_tool_turns": env.max_turns} if env.name == "calculator" else {}), **env.env_kwargs})
 
 
 def staleness(job: JobConfig) -> int:

@@ -143,6 +143,7 @@ def sample_row(step: int, traj: Any) -> dict[str, Any]:
         "turns": "\n".join(f"[{m['role']}] {m['content']}" for m in traj.messages[len(prompt_msgs):]),
         "reward": reward.total if reward else None,
         "reward_parts": dict(reward.parts) if reward else {}, "turn_rewards": list(reward.per_turn or []) if reward else [],
+        "error": reward.error if reward else None,
         "versions": traj.versions,
     }
 

@@ -53,13 +53,18 @@ def init_ray(job: JobConfig) -> None:
         ray.init(num_cpus=job.cluster.num_cpus or None, include_dashboard=False, **kwargs)
 
 
+def demo_source(job: JobConfig) -> Any:
+    """The task source of the demonstrations: ``env.kwargs`` updated by ``sft.env_kwargs``."""
+    from envs import make_tasks
+
+    return make_tasks(job.env.name, **{**job.env.kwargs, **job.sft.env_kwargs})
+
+
 def tiny_corpus(job: JobConfig, n: int = 400) -> list[str]:
     """In-domain documents for the tiny tokenizer: rendered expert conversations (the SFT's)."""
     from jinja2 import Template
 
-    from forge_ray.rollout.chat import TOOL_CHAT_TEMPLATE
-    from forge_ray.train.sft import demo_source
-
+    from forge_ray.chat import TOOL_CHAT_TEMPLATE
     source = demo_source(job)
     template = Template(TOOL_CHAT_TEMPLATE)
     tasks = source.tasks("train", n, job.env.seed + 20_000)
@@ -83,7 +88,7 @@ def sft_stage(job: JobConfig, run: Run, model_path: str, device: str) -> str:
     from forge_ray.train.sft import run_sft, write_expert_data
 
     data = run.dir / "sft_data.jsonl"
-    stats = write_expert_data(job, model_path, data)
+    stats = write_expert_data(job, demo_source(job), model_path, data)
     log.info("SFT data: %d expert conversations, %.0f tokens on average -> %s", stats["examples"], stats["mean_tokens"], data)
     out = run.dir / "checkpoints" / "sft"
     t0 = time.perf_counter()

@@ -14,7 +14,8 @@ from typing import Any
 
 from envs.calculator.tools import check_call, execute
 from forge_ray.reward.stepwise import one_call_per_turn, stepwise_rewards
-from forge_ray.rollout.chat import TOOL_CALL_OPEN, parse_action
+from forge_ray.chat import TOOL_CALL_OPEN, parse_action
+from forge_ray.env.protocol import EnvBase
 from forge_ray.types import Action, RewardBreakdown, StepResult, Task
 
 # One "Answer: N" line; an optional trailing period is tolerated. The digit cap keeps int()
@@ -48,7 +49,7 @@ def _safe_parse(text: Any) -> Action | None:
         return None
 
 
-class CalculatorEnv:
+class CalculatorEnv(EnvBase):
     """Env for ``calculator`` tasks.
 
     ``max_tool_turns`` is how many non-final turns (tool calls or malformed calls) an episode
@@ -64,9 +65,10 @@ class CalculatorEnv:
         self.task: Task | None = None
         self.tool_turns = 0
 
-    def reset(self, task: Task) -> None:
+    def open(self, task: Task) -> Task:
         self.task = task
         self.tool_turns = 0
+        return task
 
     def step(self, action: Action) -> StepResult:
         if action.parse_error is None and not action.tool_calls:
@@ -81,7 +83,7 @@ class CalculatorEnv:
             return StepResult([_tool_message(f"error: {action.parse_error}")], False, info)
         return StepResult([_tool_message(execute(call)) for call in action.tool_calls], False, info)
 
-    def score(self, task: Task, messages: list[dict]) -> RewardBreakdown:
+    def score(self, task: Task, messages: list[dict], snapshot: dict | None = None) -> RewardBreakdown:
         """Outcome reward: ``total = format * correct``; ``tool_calls`` (valid calls made) is
         informational. Malformed messages lower the score; a task without a usable gold
         answer sets ``error`` (the trajectory is then masked, not punished)."""

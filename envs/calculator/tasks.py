@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from envs.calculator.tools import OPS, TOOLS, execute
-from forge_ray.rollout.chat import render_tool_call
+from forge_ray.chat import render_tool_call
 from forge_ray.types import Task, ToolCall
 
 SPLITS = ("train", "heldout")

@@ -22,6 +22,7 @@ from typing import Any
 
 from envs.function_calling.checker import check_calls
 from envs.function_calling.parsing import parse_calls
+from forge_ray.env.protocol import EnvBase
 from forge_ray.types import Action, RewardBreakdown, StepResult, Task
 
 
@@ -32,16 +33,17 @@ def _last_assistant(messages: Any) -> Any:
     return turns[-1] if turns else None
 
 
-class FunctionCallingEnv:
+class FunctionCallingEnv(EnvBase):
     """Env of ``function_calling`` tasks (BFCL or synthetic; see ``tasks.py``)."""
 
     def __init__(self) -> None:
         self.task: Task | None = None
         self.action: Action | None = None
 
-    def reset(self, task: Task) -> None:
+    def open(self, task: Task) -> Task:
         self.task = task
         self.action = None
+        return task
 
     def step(self, action: Action) -> StepResult:
         """Record the turn's calls (re-parsed, so Python call syntax counts too) and end."""
@@ -51,7 +53,7 @@ class FunctionCallingEnv:
             info["parse_error"] = self.action.parse_error
         return StepResult(messages=[], done=True, info=info)
 
-    def score(self, task: Task, messages: list[dict]) -> RewardBreakdown:
+    def score(self, task: Task, messages: list[dict], snapshot: dict | None = None) -> RewardBreakdown:
         """BFCL verdict of the last assistant turn (see the module docstring). A task without
         usable gold data sets ``error`` (the trajectory is masked, not punished)."""
         try:

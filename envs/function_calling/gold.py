@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from forge_ray.rollout.chat import render_tool_call
+from forge_ray.chat import render_tool_call
 from forge_ray.types import Task, ToolCall
 
 NO_CALL_TEXT = "None of the available functions can do what is asked, so I will not call any of them."

@@ -1,7 +1,7 @@
 """Tool calls out of an assistant turn, in either of the two formats models use.
 
 1. forge_ray's chat format: Hermes-style ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
-   blocks, parsed by ``forge_ray.rollout.chat.parse_action`` (the parser RL rollouts use).
+   blocks, parsed by ``forge_ray.chat.parse_action`` (the parser RL rollouts use).
 2. Python call syntax, as BFCL's prompting models answer: ``[func(a=1, b="x"), mod.other(c=2)]``,
    a bare ``func(a=1)``, optionally inside a ```` ```python ```` fence. It is read with ``ast``
    and ``ast.literal_eval``; nothing is ever evaluated. Keyword arguments only; an argument
@@ -19,7 +19,7 @@ import ast
 import re
 from typing import Any
 
-from forge_ray.rollout.chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parse_action
+from forge_ray.chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parse_action
 from forge_ray.types import Action, ToolCall
 
 _FENCE = re.compile(r"^```[A-Za-z_]*[ \t]*\n?(.*?)\n?```$", re.S)

@@ -17,7 +17,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from forge_ray.rollout.chat import TOOL_CALL_OPEN, parse_action
+from forge_ray.chat import TOOL_CALL_OPEN, parse_action
 
 DOMAINS = ("retail", "airline")
 SPLITS = {"all": "base", "train": "train", "heldout": "test", "test": "test"}

@@ -10,8 +10,9 @@ when the agent or the user writes a stop token (``###STOP###``, ``###TRANSFER###
 messages (τ²'s limits). Malformed calls, unknown tools and bad arguments are error
 observations; nothing the model writes raises.
 
-``step`` is the synchronous ``Env`` protocol; with a live event loop (the agent loop) use
-``Tau2AsyncEnv``, which awaits the simulator instead of blocking on it.
+``open``/``step`` are the synchronous ``Env`` protocol; the agent loop's ``LocalEnv`` prefers
+``aopen``/``astep``, which await the simulator instead of blocking the event loop on it.
+``snapshot`` hands the termination to the reward actor, which scores like this env would.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Any, Coroutine
 
 from envs.tau2.domain import load_domain, score_messages, user_scenario
 from envs.tau2.users import UserContextExceeded, is_stop, make_user, user_system_prompt
-from forge_ray.rollout.agent_loop import LocalEnv
+from forge_ray.env.protocol import EnvBase
 from forge_ray.types import Action, RewardBreakdown, StepResult, Task
 
 
@@ -49,7 +50,7 @@ def _run_sync(coro: Coroutine) -> Any:
     return box["value"]
 
 
-class Tau2Env:
+class Tau2Env(EnvBase):
     """Env for ``tau2`` tasks of one domain.
 
     ``user`` is a ``UserSimulator`` (or a spec for ``users.make_user``); without one the user
@@ -73,7 +74,7 @@ class Tau2Env:
     def tau2_task(self, task: Task) -> Any:
         return self.domain.tasks[task.answer["tau2_task_id"]]
 
-    def reset(self, task: Task) -> None:
+    def _begin(self, task: Task) -> None:
         """Start an episode; the user side is rebuilt from the text turns of ``task.messages``."""
         self.task = task
         self.tau2_env = None  # built at the first tool call: a DB copy costs ~0.1-0.3 s
@@ -86,16 +87,26 @@ class Tau2Env:
         ]
 
     async def aopen(self, task: Task) -> Task:
-        """``task`` with the simulated user's opening message appended (after τ²'s greeting).
-        Raises ``UserContextExceeded`` when the simulator's prompt does not fit its model."""
+        """Start an episode: ``task`` with the simulated user's opening message appended (after
+        τ²'s greeting), or as it is when it already ends with one. Raises
+        ``UserContextExceeded`` when the simulator's prompt does not fit its model."""
+        self._begin(task)
         if task.messages and task.messages[-1].get("role") == "user":
             return task  # already opened
-        self.reset(task)
         text = await self.user.reply(self.user_history)
-        return dataclasses.replace(task, messages=[*task.messages, {"role": "user", "content": text}])
+        opened = dataclasses.replace(task, messages=[*task.messages, {"role": "user", "content": text}])
+        self._begin(opened)
+        return opened
 
     def open(self, task: Task) -> Task:
         return _run_sync(self.aopen(task))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"termination": self.termination or "unfinished"} if self.task is not None else {}
+
+    def close(self) -> None:
+        """Drop the episode's DB copy; ``termination`` stays readable."""
+        self.tau2_env = None
 
     # ------------------------------------------------------------------------ stepping
 
@@ -129,7 +140,7 @@ class Tau2Env:
     def _act(self, action: Action) -> StepResult | None:
         """Everything a turn does before the user answers; None when the user must answer."""
         if self.task is None:
-            raise RuntimeError("step() before reset()")
+            raise RuntimeError("step() before open()")
         if self.termination is not None:
             return self._end(self.termination)
         self.steps += 1
@@ -179,13 +190,17 @@ class Tau2Env:
 
     # ------------------------------------------------------------------------- scoring
 
-    def score(self, task: Task, messages: list[dict]) -> RewardBreakdown:
-        """τ²'s reward of the conversation. If this env played ``task``, an episode that did
-        not end by a stop token scores 0 (as in τ²); a conversation scored without playing it
-        is taken as finished."""
+    def score(self, task: Task, messages: list[dict], snapshot: dict | None = None) -> RewardBreakdown:
+        """τ²'s reward of the conversation. An episode that did not end by a stop token scores
+        0 (as in τ²): its termination comes from ``snapshot`` (the reward actor's case) or from
+        this env if it played ``task``; a conversation scored with neither is taken as
+        finished."""
         tau2_task = self.tau2_task(task)
         played = self.task is not None and self.task.id == task.id
-        termination = (self.termination or "unfinished") if played else None
+        if snapshot and "termination" in snapshot:
+            termination = snapshot["termination"]
+        else:
+            termination = (self.termination or "unfinished") if played else None
         try:
             result = score_messages(self.domain, tau2_task, messages, termination)
         except Exception as e:  # a conversation τ² cannot replay is a scoring failure
@@ -193,12 +208,4 @@ class Tau2Env:
         return RewardBreakdown(result.reward, result.parts)
 
 
-class Tau2AsyncEnv(LocalEnv):
-    """``Tau2Env`` as the agent loop's ``AsyncEnv``: like any in-process env, except that a
-    step awaits the user simulator instead of blocking the event loop on it."""
-
-    async def step(self, action: Action) -> StepResult:
-        return await self.env.astep(action)
-
-
-__all__ = ["Tau2AsyncEnv", "Tau2Env"]
+__all__ = ["Tau2Env"]

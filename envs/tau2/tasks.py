@@ -17,7 +17,7 @@ import random
 from typing import Any
 
 from envs.tau2.domain import DOMAINS, GREETING, SPLITS, communicate_info, gold_actions, load_domain, system_prompt
-from forge_ray.rollout.chat import parse_action, render_tool_call
+from forge_ray.chat import parse_action, render_tool_call
 from forge_ray.types import Task, ToolCall
 
 GOLD_OPENING = "Hi, I need help with a request."
@@ -75,7 +75,6 @@ def gold_conversation(task: Task, max_steps: int = 200) -> tuple[Task, list[dict
     user = ScriptedUser([] if opened_already else [GOLD_OPENING])
     env = Tau2Env(task.answer["domain"], user=user, max_steps=max_steps, max_errors=10**6)
     opened = env.open(task)
-    env.reset(opened)
     continuation: list[dict] = []
     for text in gold_turns(task):
         continuation.append({"role": "assistant", "content": text})

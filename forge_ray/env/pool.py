@@ -1,13 +1,13 @@
 """EnvPool: environments hosted in their own Ray actors, leased per episode.
 
     EnvHost         plain class, one per actor ``forge/env-<i>`` (spawn_group, role "env"): up to
-                    ``slots`` Env instances, one per concurrent episode (a threaded actor)
+                    ``slots`` open episodes, each on its own Env instance (a threaded actor)
     EnvPoolManager  async actor ``forge/env-pool``: owns the env actors (their ActorGroupHandle),
                     hands out leases under a cap of ``pool_size * slots``, and is the ONE place
                     a dead or hung env actor is replaced (once, whoever reports it first)
     EnvPool         picklable handle (the manager's handle and the call timeout): lease/release,
                     and the calls, made straight to the env actor with a per-call timeout
-    PooledEnv       ``AsyncEnv`` on top of a lease, so ``run_episode`` uses it unchanged
+    PooledEnv       (``forge_ray.env.adapters``) the ``AsyncEnv`` on top of a lease
 
 A call that meets a dead actor, or gets no answer in ``step_timeout_s``, raises ``EnvPoolError``
 (never a ``TimeoutError``: the agent loop must not read it as the episode's own time limit), so
@@ -18,13 +18,17 @@ runs, so every other lease on it fails as well. ``RolloutWorker.run_group`` sees
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
+import shutil
+import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
+from forge_ray.env.protocol import EnvFactory
 from forge_ray.types import RewardBreakdown, StepResult, Task
 
 log = logging.getLogger(__name__)
@@ -39,8 +43,8 @@ class EnvPoolError(RuntimeError):
 
 @dataclass(frozen=True)
 class EnvPoolSpec:
-    env_name: str
-    env_kwargs: dict
+    env_name: str  # for logs
+    factory: EnvFactory
     pool_size: int  # env actors
     slots: int  # concurrent episodes per env actor
     step_timeout_s: float = 30.0  # limit of one reset/step/score call
@@ -74,13 +78,20 @@ class PoolStats:
 
 
 class EnvHost:
-    """Inside actor ``forge/env-<i>``: ``slots`` environments, created on first use."""
+    """Inside actor ``forge/env-<i>``: up to ``slots`` episodes at once, each on a fresh env
+    made by ``factory`` at ``open`` and dropped at ``close``.
 
-    def __init__(self, env_name: str, env_kwargs: dict, slots: int, index: int = 0):
-        from envs import make_env
+    The actor's temporary files live under ``workdir`` (``tempfile.tempdir`` is pointed there,
+    so an environment's workspaces land in it): a replacement actor for the same index empties
+    it first, which removes whatever its killed predecessor left on disk; ``shutdown`` removes
+    it."""
 
-        make_env(env_name, **env_kwargs)  # fail here, loudly, on a bad name or kwargs
-        self.env_name, self.env_kwargs, self.slots, self.index = env_name, env_kwargs, slots, index
+    def __init__(self, factory: EnvFactory, slots: int, index: int = 0, workdir: str | None = None):
+        factory().close()  # fail here, loudly, on a bad factory
+        self.factory, self.slots, self.index = factory, slots, index
+        self.workdir = _fresh_dir(workdir) if workdir else None
+        if self.workdir:
+            tempfile.tempdir = self.workdir
         self.envs: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._start = self._window = time.monotonic()
@@ -88,14 +99,12 @@ class EnvHost:
         self.calls = 0
 
     def _env(self, slot: int) -> Any:
-        from envs import make_env
-
         if not isinstance(slot, int) or not 0 <= slot < self.slots:
             raise ValueError(f"env actor {self.index}: slot {slot!r} outside 0..{self.slots - 1}")
-        with self._lock:
-            if slot not in self.envs:
-                self.envs[slot] = make_env(self.env_name, **self.env_kwargs)
-            return self.envs[slot]
+        env = self.envs.get(slot)
+        if env is None:
+            raise RuntimeError(f"env actor {self.index}: slot {slot} has no open episode")
+        return env
 
     def _timed(self, fn, *args) -> Any:
         from forge_ray import telemetry
@@ -116,14 +125,28 @@ class EnvHost:
             if report:
                 telemetry.record("env_busy_fraction", fraction, role="env")
 
-    def reset(self, slot: int, task: Task) -> None:
-        self._timed(self._env(slot).reset, task)
+    def open(self, slot: int, task: Task) -> Task:
+        self.close(slot)  # a slot whose last episode was never closed
+        env = self.factory()
+        with self._lock:
+            self.envs[slot] = env
+        return self._timed(env.open, task)
 
     def step(self, slot: int, action: Any) -> StepResult:
         return self._timed(self._env(slot).step, action)
 
+    def snapshot(self, slot: int) -> dict:
+        return self._timed(self._env(slot).snapshot)
+
     def score(self, slot: int, task: Task, messages: list[dict]) -> RewardBreakdown:
-        return self._timed(self._env(slot).score, task, messages)
+        env = self._env(slot)
+        return self._timed(env.score, task, messages, env.snapshot())
+
+    def close(self, slot: int) -> None:
+        with self._lock:
+            env = self.envs.pop(slot, None)
+        if env is not None:
+            self._timed(env.close)
 
     def stats(self) -> dict[str, float]:
         wall = time.monotonic() - self._start
@@ -131,6 +154,23 @@ class EnvHost:
 
     def ping(self) -> int:
         return self.index
+
+    def shutdown(self) -> None:
+        for slot in list(self.envs):
+            try:
+                self.close(slot)
+            except Exception as e:  # noqa: BLE001 - closing the rest matters more
+                log.warning("env actor %d: closing slot %d: %s", self.index, slot, e)
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _fresh_dir(path: str) -> str:
+    """``path`` emptied and re-created, searchable by the sandbox's own uid (bwrap as root)."""
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, 0o711)
+    return path
 
 
 class EnvPoolManager:
@@ -140,8 +180,9 @@ class EnvPoolManager:
         from forge_ray.cluster.actors import spawn_group
 
         self.spec = spec
+        root = os.path.join(tempfile.gettempdir(), "forge-env", uuid.uuid4().hex[:12])
         self.handle = spawn_group(EnvHost, "env", spec.pool_size, {"CPU": ENV_ACTOR_CPUS},
-                                  lambda rank: ((spec.env_name, spec.env_kwargs, spec.slots, rank), {}),
+                                  lambda rank: ((spec.factory, spec.slots, rank, os.path.join(root, f"actor-{rank}")), {}),
                                   max_concurrency=spec.slots)
         self.capacity = spec.pool_size * spec.slots
         self.free = [list(range(spec.slots)) for _ in range(spec.pool_size)]
@@ -213,7 +254,13 @@ class EnvPoolManager:
     def actors(self) -> list[Any]:
         return list(self.handle.actors)
 
-    def shutdown(self) -> None:
+    async def shutdown(self) -> None:
+        """Close every open episode and remove the actors' work dirs, then stop the actors."""
+        closing = asyncio.gather(*(a.shutdown.remote() for a in self.handle.actors), return_exceptions=True)
+        try:
+            await asyncio.wait_for(closing, 60)
+        except asyncio.TimeoutError:
+            log.warning("env pool shutdown: env actors did not close their episodes within 60 s")
         self.handle.shutdown()
 
 
@@ -275,67 +322,6 @@ class EnvPool:
         ray.kill(self.manager, no_restart=True)
 
 
-class PooledEnv:
-    """``AsyncEnv`` on a pool lease: leased by ``open`` (or the first ``reset``), given back by
-    ``close``. ``failed`` holds the reason once a pool fault ended the episode. ``scorer``
-    (e.g. ``RewardClient``), when set, scores instead of the env actor."""
-
-    def __init__(self, pool: EnvPool, scorer: Any = None):
-        self.pool, self.scorer = pool, scorer
-        self.lease: EnvLease | None = None
-        self.failed: str | None = None
-
-    async def open(self) -> None:
-        if self.lease is None:
-            self.lease = await self.pool.lease()
-
-    async def close(self) -> None:
-        lease, self.lease = self.lease, None
-        if lease is not None:
-            await self.pool.release(lease)
-
-    async def _call(self, method: str, *args: Any) -> Any:
-        if self.failed:
-            raise EnvPoolError(self.failed)
-        if self.lease is None:
-            raise RuntimeError(f"PooledEnv.{method} without a lease: call reset() (or open()) first")
-        try:
-            return await self.pool.call(self.lease, method, *args)
-        except EnvPoolError as e:
-            self.failed = str(e)
-            raise
-
-    async def reset(self, task: Task) -> None:
-        await self.open()
-        await self._call("reset", task)
-
-    async def step(self, action: Any) -> StepResult:
-        from forge_ray import telemetry
-
-        t0 = time.monotonic()
-        result = await self._call("step", action)
-        telemetry.record("env_step_seconds", time.monotonic() - t0, role="rollout")
-        return result
-
-    async def score(self, task: Task, messages: list[dict]) -> RewardBreakdown:
-        if self.scorer is not None:
-            return await self.scorer.score(task, messages)
-        return await self._call("score", task, messages)
-
-
-@contextlib.asynccontextmanager
-async def opened(env: Any) -> AsyncIterator[Any]:
-    """Hold a pool lease for one episode (leased before the episode's clock starts); a no-op
-    for in-process environments."""
-    if isinstance(env, PooledEnv):
-        await env.open()
-    try:
-        yield env
-    finally:
-        if isinstance(env, PooledEnv):
-            await env.close()
-
-
 @dataclass
 class EnvServices:
     """What ``driver._spawn`` starts besides the engines: the env pool and the reward actor
@@ -346,15 +332,15 @@ class EnvServices:
     scorer: Any = None  # RewardClient on it
 
     @classmethod
-    def start(cls, job: Any, env_kwargs: dict) -> "EnvServices":
+    def start(cls, job: Any, factory: EnvFactory) -> "EnvServices":
         env, services = job.env, cls()
         try:
             if env.pool_size != 0:  # a negative size fails in EnvPoolSpec
-                services.pool = EnvPool.create(EnvPoolSpec(env.name, env_kwargs, env.pool_size, env.pool_slots, env.step_timeout_s))
+                services.pool = EnvPool.create(EnvPoolSpec(env.name, factory, env.pool_size, env.pool_slots, env.step_timeout_s))
             if job.reward.actor:
                 from forge_ray.reward.actor import RewardClient, spawn_reward_actor
 
-                services.reward = spawn_reward_actor(env.name, env_kwargs, timeout_s=env.step_timeout_s)
+                services.reward = spawn_reward_actor(factory, timeout_s=env.step_timeout_s)
                 services.scorer = RewardClient(services.reward, env.step_timeout_s)
         except BaseException:
             services.shutdown()

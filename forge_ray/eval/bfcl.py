@@ -74,12 +74,12 @@ def gold_results(tasks: list[Task]) -> list[TaskResult]:
     """Each task's gold answer through ``parse_action`` -> ``env.step`` -> ``env.score``."""
     from envs import make_env
     from envs.function_calling.gold import gold_text
-    from forge_ray.rollout.chat import parse_action
+    from forge_ray.chat import parse_action
 
     results = []
     for task in tasks:
         env = make_env("function_calling")
-        env.reset(task)
+        env.open(task)
         text = gold_text(task)
         env.step(parse_action(text))
         reward = env.score(task, [*task.messages, {"role": "assistant", "content": text}])
@@ -102,7 +102,7 @@ def _result(env: Any, task: Task, traj: Trajectory) -> TaskResult:
 
 async def model_results(cfg: BfclEvalConfig, tasks: list[Task]) -> list[TaskResult]:
     """Greedy episodes on one in-process vLLM engine, ``cfg.log_every`` tasks at a time."""
-    from envs import make_env
+    from envs import factory, make_env
     from forge_ray.pipeline import resolve_device
     from forge_ray.rollout.agent_loop import EpisodeSpec
     from forge_ray.rollout.group import RolloutWorker
@@ -113,7 +113,7 @@ async def model_results(cfg: BfclEvalConfig, tasks: list[Task]) -> list[TaskResu
     engine_kwargs = {"dtype": cfg.dtype or ("float32" if device == "cpu" else "bfloat16"), "max_model_len": cfg.max_context,
                      "kv_cache_mb": cfg.kv_cache_mb, "device": device, "seed": 0}
     spec = EpisodeSpec(max_new_tokens=cfg.max_new_tokens, max_context=cfg.max_context, temperature=0.0, timeout_s=3600.0)
-    worker = RolloutWorker(str(Path(cfg.model).resolve()), engine_kwargs, "function_calling", {}, spec)
+    worker = RolloutWorker(str(Path(cfg.model).resolve()), engine_kwargs, factory("function_calling"), spec)
     log.info("starting vLLM on %s (%s)", cfg.model, engine_kwargs)
     log.info("engine ready in %.1f s", await worker.start())
     env, results, t0 = make_env("function_calling"), [], time.perf_counter()

@@ -131,8 +131,9 @@ async def _engine(path: str, cfg: Tau2EvalConfig, device: str) -> tuple[Any, Any
 
 async def _play(task: Any, cfg: Tau2EvalConfig, policy: Any, tokenizer: Any, user: Any, spec: Any) -> TaskRow:
     """One greedy episode of ``task``, opened by the simulated user."""
-    from envs.tau2 import Tau2AsyncEnv, Tau2Env
+    from envs.tau2 import Tau2Env
     from envs.tau2.users import UserContextExceeded
+    from forge_ray.env.adapters import LocalEnv
     from forge_ray.rollout.agent_loop import run_episode
 
     t0 = time.perf_counter()
@@ -142,7 +143,7 @@ async def _play(task: Any, cfg: Tau2EvalConfig, policy: Any, tokenizer: Any, use
     except UserContextExceeded as e:
         return TaskRow(task.id, 0.0, "truncated", "user_context_exceeded", task.meta["num_actions"], 0,
                        time.perf_counter() - t0, error=str(e))
-    traj = await run_episode(policy.generate, Tau2AsyncEnv(env), opened, tokenizer, spec, group_id=task.id, sample_index=0)
+    traj = await run_episode(policy.generate, LocalEnv(env), opened, tokenizer, spec, group_id=task.id, sample_index=0)
     reward = traj.reward
     return TaskRow(task.id, reward.total if reward else 0.0, traj.status.value, env.termination or _cut(traj, spec),
                    task.meta["num_actions"], len(traj.turns), time.perf_counter() - t0, dict(reward.parts) if reward else {},

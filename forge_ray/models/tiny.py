@@ -14,7 +14,7 @@ import logging
 import random
 from pathlib import Path
 
-from forge_ray.rollout.chat import TOOL_CHAT_TEMPLATE
+from forge_ray.chat import TOOL_CHAT_TEMPLATE
 
 log = logging.getLogger(__name__)
 

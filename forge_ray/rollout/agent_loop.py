@@ -8,12 +8,16 @@ on is exactly what the engine saw. ``loss_mask`` is 1 on sampled ids and 0 elsew
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable
 
-from forge_ray.rollout.chat import parse_action, render_observation
-from forge_ray.types import Generation, RewardBreakdown, Status, StepResult, Task, Trajectory, Turn
+from forge_ray.chat import parse_action, render_observation
+from forge_ray.env.adapters import AsyncEnv
+from forge_ray.types import Generation, RewardBreakdown, Status, Task, Trajectory, Turn
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -25,30 +29,6 @@ class EpisodeSpec:
     temperature: float = 1.0
     top_p: float = 1.0
     timeout_s: float = 120.0  # wall-clock limit of the episode
-
-
-class AsyncEnv(Protocol):
-    """The environment as the agent loop sees it: async, so an env can live in another actor."""
-
-    async def reset(self, task: Task) -> None: ...
-    async def step(self, action: Any) -> StepResult: ...
-    async def score(self, task: Task, messages: list[dict]) -> RewardBreakdown: ...
-
-
-class LocalEnv:
-    """Adapts an in-process ``Env`` (``envs/``) to ``AsyncEnv``."""
-
-    def __init__(self, env: Any):
-        self.env = env
-
-    async def reset(self, task: Task) -> None:
-        self.env.reset(task)
-
-    async def step(self, action: Any) -> StepResult:
-        return self.env.step(action)
-
-    async def score(self, task: Task, messages: list[dict]) -> RewardBreakdown:
-        return self.env.score(task, messages)
 
 
 Generate = Callable[..., Awaitable[Generation]]
@@ -65,26 +45,47 @@ async def run_episode(
     sample_index: int,
     seed: int | None = None,
 ) -> Trajectory:
-    """Play ``task`` to the end and return the scored trajectory. Never raises for
-    environment faults: they end the episode with ``Status.ENV_FAILURE``."""
+    """Play ``task`` to the end: open the env, play, score in the episode's own state, close.
+    Returns the scored trajectory. Never raises for environment faults: they end the episode
+    with ``Status.ENV_FAILURE``. The time limit starts once the env is open (setting up a
+    workspace is not the policy's time)."""
     stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    prompt = tokenizer.apply_chat_template(task.messages, tools=task.tools or None, add_generation_prompt=True, tokenize=False)
-    tokens = tokenizer.encode(prompt, add_special_tokens=False)
-    traj = Trajectory(task.id, group_id, sample_index, len(tokens), tokens, [0.0] * len(tokens), [0] * len(tokens), [], Status.OK, list(task.messages))
-    deadline = time.monotonic() + spec.timeout_s
+    traj = Trajectory(task.id, group_id, sample_index, 0, [], [], [], [], Status.OK, list(task.messages))
     try:
-        await env.reset(task)
-        traj.status = await _play(generate, env, tokenizer, spec, traj, stop_id, deadline, seed)
+        t0 = time.monotonic()
+        task = await env.open(task)
+        traj.env_seconds += time.monotonic() - t0
+        _start(traj, tokenizer, task)
+        traj.status = await _play(generate, env, tokenizer, spec, traj, stop_id, time.monotonic() + spec.timeout_s, seed)
     except asyncio.TimeoutError:
         traj.status = Status.TIMED_OUT
     except Exception as e:  # an environment fault is data, not a crash
         traj.status = Status.ENV_FAILURE
         traj.reward = RewardBreakdown(0.0, error=f"{type(e).__name__}: {e}")
-    if traj.reward is None:
-        t0 = time.monotonic()
-        traj.reward = await _score(env, task, traj)
-        traj.score_seconds = time.monotonic() - t0
+    try:
+        if traj.reward is None:
+            t0 = time.monotonic()
+            traj.reward = await _score(env, task, traj)
+            traj.score_seconds = time.monotonic() - t0
+    finally:
+        await _close(env)
     return traj
+
+
+def _start(traj: Trajectory, tokenizer: Any, task: Task) -> None:
+    """Lay the opened task's prompt into ``traj`` (an env may have added opening messages)."""
+    prompt = tokenizer.apply_chat_template(task.messages, tools=task.tools or None, add_generation_prompt=True, tokenize=False)
+    traj.tokens = tokenizer.encode(prompt, add_special_tokens=False)
+    traj.prompt_len = len(traj.tokens)
+    traj.logprobs, traj.loss_mask = [0.0] * len(traj.tokens), [0] * len(traj.tokens)
+    traj.messages = list(task.messages)
+
+
+async def _close(env: AsyncEnv) -> None:
+    try:
+        await env.close()
+    except Exception as e:  # noqa: BLE001 - the trajectory is done; a leak is logged, not raised
+        log.warning("closing the environment failed: %s: %s", type(e).__name__, e)
 
 
 async def _play(generate, env, tokenizer, spec, traj, stop_id, deadline, seed) -> Status:

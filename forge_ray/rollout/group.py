@@ -11,7 +11,8 @@ import asyncio
 import logging
 from typing import Any
 
-from forge_ray.rollout.agent_loop import EpisodeSpec, LocalEnv, run_episode
+from forge_ray.env.protocol import EnvFactory
+from forge_ray.rollout.agent_loop import EpisodeSpec, run_episode
 from forge_ray.types import Status, Task, Trajectory, TrajectoryMeta
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,13 @@ def trajectory_meta(traj: Trajectory) -> TrajectoryMeta:
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, engine_kwargs: dict, env_name: str, env_kwargs: dict, spec: EpisodeSpec,
+    def __init__(self, model_path: str, engine_kwargs: dict, env_factory: EnvFactory, spec: EpisodeSpec,
                  env_pool: Any = None, scorer: Any = None):
         from forge_ray.rollout.engine import VLLMEngine
 
         self.engine = VLLMEngine(model_path, **engine_kwargs)
         self.model_path = model_path
-        self.env_name, self.env_kwargs = env_name, env_kwargs
+        self.env_factory = env_factory
         self.env_pool, self.scorer = env_pool, scorer  # EnvPool / RewardClient, or None: in-process
         self.spec = spec
         self.tokenizer = None
@@ -50,28 +51,19 @@ class RolloutWorker:
         return await self.engine.start()
 
     def _env(self) -> Any:
-        """The episode's ``AsyncEnv``: a ``PooledEnv`` when an env pool is configured, else the
-        environment in this process; scoring goes to the reward actor when one is configured."""
+        """The episode's ``AsyncEnv``: a ``PooledEnv`` when an env pool is configured, else a
+        fresh environment in this process; scoring goes to the reward actor when configured."""
+        from forge_ray.env.adapters import LocalEnv, PooledEnv
+
         if self.env_pool is not None:
-            from forge_ray.env.pool import PooledEnv
-
             return PooledEnv(self.env_pool, self.scorer)
-        from envs import make_env
-
-        env = LocalEnv(make_env(self.env_name, **self.env_kwargs))
-        if self.scorer is not None:
-            from forge_ray.reward.actor import ScoredEnv
-
-            return ScoredEnv(env, self.scorer)
-        return env
+        return LocalEnv(self.env_factory(), self.scorer)
 
     async def _episode(self, task: Task, spec: EpisodeSpec, group_id: str, i: int) -> tuple[Trajectory, str | None]:
         """One episode, and why the env pool failed under it (None when it did not)."""
-        from forge_ray.env.pool import opened
-
-        async with opened(self._env()) as env:
-            traj = await run_episode(self.engine.generate, env, task, self.tokenizer, spec, group_id=group_id, sample_index=i)
-        return traj, getattr(env, "failed", None)
+        env = self._env()
+        traj = await run_episode(self.engine.generate, env, task, self.tokenizer, spec, group_id=group_id, sample_index=i)
+        return traj, env.failed
 
     async def run_group(self, task: Task, group_id: str, n: int, buffer: Any) -> list[TrajectoryMeta]:
         """Play ``n`` samples of ``task``, then put them into the object store and the buffer.
@@ -128,8 +120,8 @@ class RolloutGroup:
     their prompts. The refs of the latest weights are kept for that (one copy of the policy in
     the object store)."""
 
-    def __init__(self, model_path: str, num_engines: int, engine_kwargs: dict, env_name: str, env_kwargs: dict, spec: EpisodeSpec, resources: dict[str, float],
-                 env_pool: Any = None, scorer: Any = None):
+    def __init__(self, model_path: str, num_engines: int, engine_kwargs: dict, env_factory: EnvFactory, spec: EpisodeSpec,
+                 resources: dict[str, float], env_pool: Any = None, scorer: Any = None):
         from forge_ray.cluster.actors import spawn_group
 
         self.handle = spawn_group(
@@ -137,7 +129,7 @@ class RolloutGroup:
             "rollout",
             num_engines,
             resources,
-            lambda rank: ((model_path, {**engine_kwargs, "seed": engine_kwargs.get("seed", 0) + rank}, env_name, env_kwargs, spec, env_pool, scorer), {}),
+            lambda rank: ((model_path, {**engine_kwargs, "seed": engine_kwargs.get("seed", 0) + rank}, env_factory, spec, env_pool, scorer), {}),
             max_concurrency=1000,  # async actor: many episodes at once
         )
         self.workers = self.handle.actors

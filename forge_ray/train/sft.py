@@ -19,21 +19,13 @@ from forge_ray.config import JobConfig
 log = logging.getLogger(__name__)
 
 
-def demo_source(job: JobConfig) -> Any:
-    """The task source of the demonstrations: ``env.kwargs`` updated by ``sft.env_kwargs``."""
-    from envs import make_tasks
-
-    return make_tasks(job.env.name, **{**job.env.kwargs, **job.sft.env_kwargs})
-
-
-def write_expert_data(job: JobConfig, tokenizer_path: str, out: Path) -> dict[str, float]:
-    """Render ``job.sft.examples`` expert conversations of the train split into ``out``."""
+def write_expert_data(job: JobConfig, source: Any, tokenizer_path: str, out: Path) -> dict[str, float]:
+    """Render ``job.sft.examples`` expert conversations of ``source``'s train split into ``out``."""
     from transformers import AutoTokenizer
 
     from forge_ray.rollout.agent_loop import render_conversation
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    source = demo_source(job)
     tasks = source.tasks("train", job.sft.examples, job.env.seed + 10_000)  # a different draw than RL's
     lengths = []
     with open(out, "w") as f:

@@ -32,7 +32,7 @@ def test_prepared_smollm2_loads_in_transformers(smollm2_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from forge_ray.rollout.chat import TOOL_CHAT_TEMPLATE
+    from forge_ray.chat import TOOL_CHAT_TEMPLATE
 
     config = json.loads((smollm2_dir / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and "quantization_config" not in config

@@ -13,9 +13,10 @@ from forge_ray.types import Status
 @pytest.fixture(scope="module")
 def groups(ray_cluster, tiny_model):
     from forge_ray.learner.group import LearnerGroup
+    from envs import factory
     from forge_ray.rollout.group import RolloutGroup
 
-    rollout = RolloutGroup(tiny_model, 1, dict(max_model_len=640, kv_cache_mb=256), "calculator", {}, EpisodeSpec(max_new_tokens=32, max_context=600), {"CPU": 1})
+    rollout = RolloutGroup(tiny_model, 1, dict(max_model_len=640, kv_cache_mb=256), factory("calculator"), EpisodeSpec(max_new_tokens=32, max_context=600), {"CPU": 1})
     learner = LearnerGroup(LearnerConfig(num_workers=2, lr=0.05, micro_batch=4), tiny_model, "float32", "cpu", {"CPU": 1})
 
     async def start():

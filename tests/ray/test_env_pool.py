@@ -39,16 +39,16 @@ def calc(tiny_model):
 
 
 def test_pool_leases_episodes_and_failures(ray_cluster, calc):
-    from envs import make_env
-    from forge_ray.env.pool import EnvPool, EnvPoolError, EnvPoolSpec, PooledEnv, opened
-    from forge_ray.rollout.agent_loop import EpisodeSpec, LocalEnv, run_episode
+    from envs import factory, make_env
+    from forge_ray.env.adapters import LocalEnv, PooledEnv
+    from forge_ray.env.pool import EnvPool, EnvPoolError, EnvPoolSpec
+    from forge_ray.rollout.agent_loop import EpisodeSpec, run_episode
 
     tokenizer, source, tasks = calc
-    pool = EnvPool.create(EnvPoolSpec("calculator", {"max_tool_turns": 6}, pool_size=2, slots=2, step_timeout_s=10.0))
+    pool = EnvPool.create(EnvPoolSpec("calculator", factory("calculator", {"max_tool_turns": 6}), pool_size=2, slots=2, step_timeout_s=10.0))
 
     async def play(env, task):
-        async with opened(env):
-            return await run_episode(expert_policy(tokenizer, source, task), env, task, tokenizer, EpisodeSpec(), group_id=task.id, sample_index=0)
+        return await run_episode(expert_policy(tokenizer, source, task), env, task, tokenizer, EpisodeSpec(), group_id=task.id, sample_index=0)
 
     async def scenario():
         # the cap: 4 slots; a 5th lease waits (and shows as waiting) until one is released
@@ -82,7 +82,7 @@ def test_pool_leases_episodes_and_failures(ray_cluster, calc):
         # a dead actor: every lease on it fails, it is replaced once, new leases work
         envs = [PooledEnv(pool) for _ in range(3)]  # leased least-loaded first: actors 0, 1, 0
         for e, t in zip(envs, tasks):
-            await e.reset(t)
+            await e.open(t)
         victims = [e for e in envs if e.lease.actor_index == envs[0].lease.actor_index]
         assert len(victims) == 2
         ray_cluster.kill(envs[0].lease.actor, no_restart=True)
@@ -105,27 +105,27 @@ def test_pool_leases_episodes_and_failures(ray_cluster, calc):
 
 
 def source_action(source, task):
-    from forge_ray.rollout.chat import parse_action
+    from forge_ray.chat import parse_action
 
     return parse_action(next(m["content"] for m in source.expert(task) if m["role"] == "assistant"))
 
 
 def test_reward_actor_scores_and_records_errors(ray_cluster, calc):
-    from envs import make_env
+    from envs import factory, make_env
     from forge_ray.reward.actor import RewardClient, spawn_reward_actor
 
     tokenizer, source, tasks = calc
     env = make_env("calculator")
 
-    def boom(task, messages):
+    def boom(task, messages, snapshot):
         raise RuntimeError("scorer exploded")
 
-    def stuck(task, messages):
+    def stuck(task, messages, snapshot):
         time.sleep(30)
 
-    actors = [spawn_reward_actor("calculator", {}, timeout_s=10, name="forge/reward-test"),
-              spawn_reward_actor("calculator", scorer=boom, timeout_s=10, name="forge/reward-boom"),
-              spawn_reward_actor("calculator", scorer=stuck, timeout_s=0.5, workers=1, name="forge/reward-stuck")]
+    actors = [spawn_reward_actor(factory("calculator"), timeout_s=10, name="forge/reward-test"),
+              spawn_reward_actor(None, scorer=boom, timeout_s=10, name="forge/reward-boom"),
+              spawn_reward_actor(None, scorer=stuck, timeout_s=0.5, workers=1, name="forge/reward-stuck")]
     good, bad, slow = (RewardClient(a, 10) for a in actors)
     convs = [(t, t.messages + source.expert(t)) for t in tasks] + [(tasks[0], tasks[0].messages + [{"role": "assistant", "content": "Answer: -1"}])]
 

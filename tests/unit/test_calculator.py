@@ -10,7 +10,7 @@ from envs import ENVS, make_env, make_tasks
 from envs.calculator import CalculatorEnv, CalculatorTasks
 from envs.calculator.tasks import Chain, split_of
 from forge_ray.env.protocol import Env, TaskSource
-from forge_ray.rollout.chat import parse_action, render_tool_call
+from forge_ray.chat import parse_action, render_tool_call
 from forge_ray.types import Action, Task, ToolCall
 
 
@@ -115,7 +115,7 @@ def test_expert_replay_scores_one(source):
     for task in tasks:
         expert = source.expert(task)
         assert [m["role"] for m in expert] == ["assistant", "tool"] * len(task.answer["calls"]) + ["assistant"]
-        env.reset(task)
+        env.open(task)
         for i, message in enumerate(expert):
             if message["role"] != "assistant":
                 continue
@@ -184,7 +184,7 @@ def test_answer_line_format(task):
 
 def test_malformed_tool_call(source, task):
     env = CalculatorEnv()
-    env.reset(task)
+    env.open(task)
     bad = '<tool_call>{"name": "add", "arguments": {"a": 1, "b": </tool_call>'
     result = env.step(parse_action(bad))
     assert not result.done
@@ -209,7 +209,7 @@ def test_malformed_tool_call(source, task):
 ])
 def test_bad_calls_become_error_observations(task, name, arguments, fragment):
     env = CalculatorEnv()
-    env.reset(task)
+    env.open(task)
     result = env.step(parse_action(_call_text(name, **arguments)))
     assert not result.done
     assert len(result.messages) == 1
@@ -219,7 +219,7 @@ def test_bad_calls_become_error_observations(task, name, arguments, fragment):
 
 def test_several_calls_in_one_turn(task):
     env = CalculatorEnv()
-    env.reset(task)
+    env.open(task)
     text = _call_text("add", a=2, b=3) + "\n" + _call_text("nope", a=1, b=1) + _call_text("sub", a=2, b=5)
     result = env.step(parse_action(text))
     assert [m["content"] for m in result.messages][::2] == ["5", "-3"]
@@ -228,7 +228,7 @@ def test_several_calls_in_one_turn(task):
 
 def test_max_tool_turns(task):
     env = CalculatorEnv(max_tool_turns=3)
-    env.reset(task)
+    env.open(task)
     call = parse_action(_call_text("add", a=1, b=1))
     for _ in range(3):
         assert not env.step(call).done
@@ -236,12 +236,12 @@ def test_max_tool_turns(task):
     assert result.done and result.info == {"truncated": True, "tool_turns": 3}
     assert result.messages == []
     # parse errors spend the budget too, so a model cannot loop on them forever
-    env.reset(task)
+    env.open(task)
     for _ in range(3):
         assert not env.step(Action("x", [], "broken")).done
     assert env.step(Action("x", [], "broken")).info["truncated"]
     # within budget, the answer turn still ends the episode normally
-    env.reset(task)
+    env.open(task)
     for _ in range(3):
         env.step(call)
     final = env.step(parse_action("Answer: 2"))
@@ -268,7 +268,7 @@ def test_score_never_raises_on_weird_input(task):
 
 def test_step_never_raises_on_weird_calls(task):
     env = CalculatorEnv()
-    env.reset(task)
+    env.open(task)
     for call in [ToolCall("add", {"a": [1], "b": {}}), ToolCall("", {}), ToolCall("mul", None)]:
         result = env.step(Action("x", [call]))
         assert result.messages[0]["content"].startswith("error: ")
@@ -277,7 +277,7 @@ def test_step_never_raises_on_weird_calls(task):
 def test_step_wise_turn_rewards():
     """Eq. 8 on-policy: a turn earns 1 while the gold call prefix holds; the answer turn earns
     the outcome."""
-    from forge_ray.rollout.chat import render_tool_call
+    from forge_ray.chat import render_tool_call
     from forge_ray.types import ToolCall
 
     source = CalculatorTasks(ops_weights=(0, 1, 0))
@@ -293,7 +293,7 @@ def test_step_wise_turn_rewards():
 
 def test_demonstrations_take_sft_env_kwargs_over_env_kwargs():
     from forge_ray.config import load_job
-    from forge_ray.train.sft import demo_source
+    from forge_ray.pipeline import demo_source
 
     job = load_job(None, ["env.kwargs={max_operand: 20, ops_weights: [1, 1, 0]}",
                           "sft.env_kwargs={direct_answer_rate: 0.7, ops: [add, sub]}"])

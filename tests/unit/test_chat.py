@@ -5,7 +5,7 @@ from jinja2 import Template
 from envs import make_tasks
 from forge_ray.models.tiny import make_tiny_model
 from forge_ray.rollout.agent_loop import render_conversation
-from forge_ray.rollout.chat import TOOL_CHAT_TEMPLATE, parse_action, render_observation
+from forge_ray.chat import TOOL_CHAT_TEMPLATE, parse_action, render_observation
 
 
 def test_parse_action_cases():

@@ -14,7 +14,7 @@ from envs.function_calling.gold import NO_CALL_TEXT, gold_calls, gold_text
 from envs.function_calling.parsing import parse_calls
 from envs.function_calling.synthetic import SYNTHETIC_CATEGORIES, all_tools, split_of
 from forge_ray.env.protocol import Env, TaskSource
-from forge_ray.rollout.chat import parse_action
+from forge_ray.chat import parse_action
 from forge_ray.types import ToolCall
 
 pytest.importorskip("bfcl_eval", reason="needs bfcl-eval (requirements/bfcl-nodeps.txt)")
@@ -122,7 +122,7 @@ def test_env_protocol_registry_and_episode():
     env = make_env("function_calling")
     assert "function_calling" in ENVS and isinstance(env, Env) and isinstance(make_tasks("function_calling"), TaskSource)
     task = load_category("simple_python", limit=2)[1]  # math.factorial(number=5)
-    env.reset(task)
+    env.open(task)
     result = env.step(parse_action("[math.factorial(number=5)]"))
     assert result.done and result.messages == [] and result.info["calls"] == 1
     for text in ("[math.factorial(number=5)]", '<tool_call>{"name": "math.factorial", "arguments": {"number": 5}}</tool_call>'):

