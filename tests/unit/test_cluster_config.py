@@ -44,6 +44,9 @@ def test_cluster_yaml_passes_ray_validation(name):
     assert config["file_mounts"]["~/forge_ray"] == "." and "~/.ray/auth_token" in config["file_mounts"]
     assert any("pip install" in c and "-e" in c and "[" in c for c in config["head_setup_commands"])
     assert "**/.venv" in config["rsync_exclude"]
+    for cmds in (config["head_setup_commands"], config["worker_setup_commands"]):  # every node: the sandbox and env extras
+        joined = " ".join(cmds)
+        assert "install_system_deps.sh" in joined and "envs]" in joined and "tau2-nodeps.txt" in joined
 
 
 def test_aws_node_types():
