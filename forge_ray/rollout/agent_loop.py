@@ -150,7 +150,7 @@ def render_conversation(tokenizer: Any, task: Task, continuation: list[dict]) ->
             i += 1
             continue
         j = i
-        while j < len(continuation) and continuation[j]["role"] == "tool":
+        while j < len(continuation) and continuation[j]["role"] in ("tool", "user"):  # observations
             j += 1
         if j == i:
             raise ValueError(f"task {task.id}: unexpected {msg['role']!r} message in a continuation")

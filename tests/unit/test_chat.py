@@ -47,3 +47,17 @@ def test_expert_rendering_equals_template_tokens(tokenizer):
         assert tokenizer.decode(tokens) == text.removesuffix("\n")
         sampled = tokenizer.decode([t for t, m in zip(tokens, mask) if m])
         assert sampled == "".join(m["content"] + "<|im_end|>" for m in continuation if m["role"] == "assistant")
+
+
+def test_user_observations_render_as_the_template_does(tokenizer):
+    """Coding environments answer with user turns (test output, command output): an expert
+    conversation with them lays out exactly as the chat template renders it."""
+    from forge_ray.types import Task
+
+    task = Task("t", "exercises", [{"role": "system", "content": "Write code."}, {"role": "user", "content": "Solve it."}], [])
+    continuation = [{"role": "assistant", "content": "```python\nx = 1\n```"}, {"role": "user", "content": "FAILED test_x"},
+                    {"role": "assistant", "content": "```python\nx = 2\n```"}]
+    tokens, mask = render_conversation(tokenizer, task, continuation)
+    text = tokenizer.apply_chat_template(task.messages + continuation, tools=None, tokenize=False)
+    assert tokenizer.decode(tokens) == text.removesuffix("\n")
+    assert tokenizer.decode([t for t, m in zip(tokens, mask) if m]) == "```python\nx = 1\n```<|im_end|>```python\nx = 2\n```<|im_end|>"
