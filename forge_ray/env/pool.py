@@ -87,11 +87,11 @@ class EnvHost:
     it."""
 
     def __init__(self, factory: EnvFactory, slots: int, index: int = 0, workdir: str | None = None):
-        factory().close()  # fail here, loudly, on a bad factory
-        self.factory, self.slots, self.index = factory, slots, index
         self.workdir = _fresh_dir(workdir) if workdir else None
         if self.workdir:
             tempfile.tempdir = self.workdir
+        factory().close()  # fail here, loudly, on a bad factory
+        self.factory, self.slots, self.index = factory, slots, index
         self.envs: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._start = self._window = time.monotonic()

@@ -88,11 +88,29 @@ def _cleanup(path: str | None, uid: int | None) -> None:
     release_uid(uid)
 
 
-class _HostSandbox(Sandbox):
-    """A sandbox whose work dir is a host directory (bwrap, process)."""
+def _check_binds(ro_binds: Mapping[str, str] | None) -> dict[str, str]:
+    """``ro_binds`` as absolute host dir -> absolute inside path; refuses anything else."""
+    binds = {}
+    for host, inside in (ro_binds or {}).items():
+        if not (os.path.isabs(host) and os.path.isdir(host)):
+            raise ValueError(f"ro_binds: host path {host!r} is not an existing absolute directory")
+        if not os.path.isabs(inside) or os.path.normpath(inside) in ("/", INNER_WORKDIR):
+            raise ValueError(f"ro_binds: inside path {inside!r} must be absolute, not / or {INNER_WORKDIR}")
+        binds[os.path.normpath(host)] = os.path.normpath(inside)
+    return binds
 
-    def __init__(self, limits: SandboxLimits | None = None, workdir: str | os.PathLike | None = None) -> None:
+
+class _HostSandbox(Sandbox):
+    """A sandbox whose work dir is a host directory (bwrap, process).
+
+    ``ro_binds`` (host dir -> path inside) makes directories of tools visible read-only and puts
+    them in front of PATH: bwrap mounts each at its inside path; the process backend cannot
+    mount, so it puts the host dirs themselves on PATH."""
+
+    def __init__(self, limits: SandboxLimits | None = None, workdir: str | os.PathLike | None = None,
+                 ro_binds: Mapping[str, str] | None = None) -> None:
         super().__init__(limits)
+        self.ro_binds = _check_binds(ro_binds)
         self._uid = claim_uid()
         owned = workdir is None
         path = Path(tempfile.mkdtemp(prefix="forge-sandbox-") if owned else workdir).resolve()
@@ -162,13 +180,15 @@ class ProcessSandbox(_HostSandbox):
 
     backend = "process"
 
-    def __init__(self, limits: SandboxLimits | None = None, workdir: str | os.PathLike | None = None) -> None:
-        super().__init__(limits, workdir)
+    def __init__(self, limits: SandboxLimits | None = None, workdir: str | os.PathLike | None = None,
+                 ro_binds: Mapping[str, str] | None = None) -> None:
+        super().__init__(limits, workdir, ro_binds)
         log.warning("SANDBOX WARNING: using the 'process' backend: NO filesystem or network isolation "
                     "for untrusted code (bubblewrap missing or unusable; %s)", INSTALL_HINT)
 
     def _launch(self, argv: list[str], env: dict[str, str]) -> Launch:
-        base = {"PATH": _BASE_PATH, "HOME": self.workdir, "TMPDIR": self.workdir, "LANG": "C.UTF-8"}
+        base = {"PATH": ":".join([*self.ro_binds, _BASE_PATH]), "HOME": self.workdir, "TMPDIR": self.workdir,
+                "LANG": "C.UTF-8"}
         return Launch(argv, self.workdir, {**base, **env}, self._uid)
 
 
@@ -197,7 +217,8 @@ class BwrapSandbox(_HostSandbox):
 
     backend = "bwrap"
 
-    def __init__(self, limits: SandboxLimits | None = None, workdir: str | os.PathLike | None = None) -> None:
+    def __init__(self, limits: SandboxLimits | None = None, workdir: str | os.PathLike | None = None,
+                 ro_binds: Mapping[str, str] | None = None) -> None:
         problem = bwrap_problem()
         if problem is not None:
             raise SandboxError(f"bwrap backend unavailable: {problem}; {INSTALL_HINT}, or use backend='process'")
@@ -207,10 +228,11 @@ class BwrapSandbox(_HostSandbox):
                 if parent.exists() and not os.stat(parent).st_mode & 0o001:
                     raise SandboxError(f"work dir {path} is unreachable for the sandbox uid: {parent} is not "
                                        "world-searchable (chmod o+x it, or use a directory under /tmp)")
-        super().__init__(limits, workdir)
+        super().__init__(limits, workdir, ro_binds)
 
     def _launch(self, argv: list[str], env: dict[str, str]) -> Launch:
-        env = {"PATH": _BASE_PATH, "HOME": INNER_WORKDIR, "TMPDIR": "/tmp", "LANG": "C.UTF-8", **env}
+        path = ":".join([*self.ro_binds.values(), _BASE_PATH])
+        env = {"PATH": path, "HOME": INNER_WORKDIR, "TMPDIR": "/tmp", "LANG": "C.UTF-8", **env}
         modern = _bwrap_version() >= (0, 8)
         cmd = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534",
                "--hostname", "sandbox", "--die-with-parent", "--new-session",
@@ -218,6 +240,8 @@ class BwrapSandbox(_HostSandbox):
                "--proc", "/proc", "--dev", "/dev",
                *(["--size", str(self.limits.tmp_mb << 20)] if modern else []), "--tmpfs", "/tmp",
                "--bind", self.workdir, INNER_WORKDIR, "--chdir", INNER_WORKDIR, "--clearenv"]
+        for host, inside in self.ro_binds.items():
+            cmd += ["--ro-bind", host, inside]
         for key, value in env.items():
             cmd += ["--setenv", key, value]
         prefix = prlimit_prefix(self.limits)   # inside: NPROC then counts this sandbox's user namespace
@@ -287,16 +311,20 @@ def available_backend() -> str:
 
 
 def make_sandbox(backend: str = "auto", limits: SandboxLimits | None = None,
-                 workdir: str | os.PathLike | None = None, container: str | None = None) -> Sandbox:
-    """A sandbox of ``backend`` (auto: bwrap if usable, else process with a WARNING)."""
+                 workdir: str | os.PathLike | None = None, container: str | None = None,
+                 ro_binds: Mapping[str, str] | None = None) -> Sandbox:
+    """A sandbox of ``backend`` (auto: bwrap if usable, else process with a WARNING).
+    ``ro_binds``: host dir -> inside path, read-only and on PATH (not for ``container``)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown sandbox backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         backend = available_backend()
     if backend == "bwrap":
-        return BwrapSandbox(limits, workdir)
+        return BwrapSandbox(limits, workdir, ro_binds)
     if backend == "process":
-        return ProcessSandbox(limits, workdir)
+        return ProcessSandbox(limits, workdir, ro_binds)
+    if ro_binds:
+        raise ValueError("ro_binds is not supported by the 'container' backend (mount them when starting the container)")
     if container is None:
         raise ValueError("backend 'container' needs container=NAME (a running docker/podman container)")
     return ContainerSandbox(container, limits, str(workdir or INNER_WORKDIR))
