@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -100,35 +99,20 @@ def _result(env: Any, task: Task, traj: Trajectory) -> TaskResult:
     return TaskResult(task.id, task.meta["category"], correct, parts.get("format") == 1.0, traj.status.value, text, error)
 
 
-async def model_results(cfg: BfclEvalConfig, tasks: list[Task]) -> list[TaskResult]:
+def model_results(cfg: BfclEvalConfig, tasks: list[Task]) -> list[TaskResult]:
     """Greedy episodes on one in-process vLLM engine, ``cfg.log_every`` tasks at a time."""
     from envs import factory, make_env
-    from forge_ray.pipeline import resolve_device
-    from forge_ray.rollout.agent_loop import EpisodeSpec
-    from forge_ray.rollout.group import RolloutWorker
+    from forge_ray.eval.harness import EngineSpec, Progress, play_policy
 
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # as the pipeline's workers have it
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    device = resolve_device(cfg.device)
-    engine_kwargs = {"dtype": cfg.dtype or ("float32" if device == "cpu" else "bfloat16"), "max_model_len": cfg.max_context,
-                     "kv_cache_mb": cfg.kv_cache_mb, "device": device, "seed": 0}
-    spec = EpisodeSpec(max_new_tokens=cfg.max_new_tokens, max_context=cfg.max_context, temperature=0.0, timeout_s=3600.0)
-    worker = RolloutWorker(str(Path(cfg.model).resolve()), engine_kwargs, factory("function_calling"), spec)
-    log.info("starting vLLM on %s (%s)", cfg.model, engine_kwargs)
-    log.info("engine ready in %.1f s", await worker.start())
-    env, results, t0 = make_env("function_calling"), [], time.perf_counter()
-    try:
-        for start in range(0, len(tasks), max(cfg.log_every, 1)):
-            batch = tasks[start:start + max(cfg.log_every, 1)]
-            by_id = {t.id: t for t in batch}
-            trajs = await worker.evaluate(batch, greedy=True)
-            results += [_result(env, by_id[tr.task_id], tr) for tr in trajs]
-            done = len(results)
-            log.info("bfcl: %d/%d tasks, accuracy so far %.3f, %.2f tasks/s", done, len(tasks),
-                     sum(r.correct for r in results) / done, done / (time.perf_counter() - t0))
-    finally:
-        worker.shutdown()
-    return results
+    spec = EngineSpec(cfg.model, max_new_tokens=cfg.max_new_tokens, max_context=cfg.max_context, kv_cache_mb=cfg.kv_cache_mb,
+                      dtype=cfg.dtype, device=cfg.device, temperature=0.0)
+    env, by_id, progress = make_env("function_calling"), {t.id: t for t in tasks}, Progress("bfcl", len(tasks))
+
+    def on_batch(done: int, trajs: list) -> None:
+        progress(done, sum(_result(env, by_id[t.task_id], t).correct for t in trajs) / max(len(trajs), 1), "accuracy")
+
+    trajs = asyncio.run(play_policy(spec, factory("function_calling"), tasks, batch=cfg.log_every, on_batch=on_batch))
+    return [_result(env, by_id[t.task_id], t) for t in trajs]
 
 
 def summarize(results: list[TaskResult], categories: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -156,7 +140,7 @@ def run_bfcl(cfg: BfclEvalConfig) -> dict[str, dict[str, Any]]:
     tasks = load_tasks(cfg.categories, cfg.limit)
     log.info("bfcl: %d tasks in %s", len(tasks), ", ".join(cfg.categories))
     t0 = time.perf_counter()
-    results = gold_results(tasks) if cfg.gold else asyncio.run(model_results(cfg, tasks))
+    results = gold_results(tasks) if cfg.gold else model_results(cfg, tasks)
     wall = time.perf_counter() - t0
     summary = summarize(results, cfg.categories)
     title = f"BFCL ({'gold replay' if cfg.gold else cfg.model}; {len(tasks)} tasks, {wall:.1f} s)"

@@ -4,6 +4,7 @@
     forge-ray eval bfcl --gold --out FILE.json
     forge-ray eval tau2 --domain retail|airline --model DIR [--user-model DIR] [--limit N] --out FILE.json
     forge-ray eval tau2 --domain retail --gold --out FILE.json
+    forge-ray eval swe --tasks DIR (--model DIR | --gold | --empty | --tests-only) [--limit N] --out FILE.json
     forge-ray eval code --set humaneval|DIR (--model DIR [--samples K] | --gold | --empty) [--limit N] --out FILE.json
 
 Each benchmark is one ``_add_<name>(evsub)`` function that adds its subparser (with
@@ -16,6 +17,7 @@ import argparse
 import sys
 
 from forge_ray.eval.code import add_code_parser
+from forge_ray.eval.swe import add_swe_parser
 from forge_ray.eval.tau2 import add_tau2_parser
 
 
@@ -63,7 +65,7 @@ def _add_bfcl(evsub: argparse._SubParsersAction) -> None:
 
 
 # One entry per benchmark.
-BENCHMARKS = [_add_bfcl, add_tau2_parser, add_code_parser]
+BENCHMARKS = [_add_bfcl, add_tau2_parser, add_code_parser, add_swe_parser]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

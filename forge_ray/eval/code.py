@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 import time
 from collections import Counter
@@ -112,28 +111,21 @@ def load_tasks(cfg: CodeEvalConfig) -> list[Any]:
     return tasks[:cfg.limit] if cfg.limit is not None else tasks
 
 
-def _env(cfg: CodeEvalConfig) -> Any:
-    from envs.exercises import ExerciseEnv
+def _factory(cfg: CodeEvalConfig) -> Any:
+    from envs import factory
 
-    return ExerciseEnv(backend=cfg.backend, timeout_s=cfg.timeout_s, max_attempts=cfg.max_attempts)
+    return factory("exercises", {"backend": cfg.backend, "timeout_s": cfg.timeout_s, "max_attempts": cfg.max_attempts})
 
 
 def replay_one(task: Any, cfg: CodeEvalConfig) -> TaskRow:
     """The reference (``gold``) or starter (``empty``) file as a one-reply episode."""
     from envs.exercises.env import exercise_of, format_reply
-    from forge_ray.chat import parse_action
+    from forge_ray.eval.harness import replay
 
     ex = exercise_of(task)
     path = ex.solution_paths[0]
     text = format_reply(path, (ex.reference if cfg.gold else ex.starter)[path])
-    env = _env(cfg)
-    try:
-        env.open(task)
-        env.step(parse_action(text))
-        snapshot = env.snapshot()
-    finally:
-        env.close()
-    reward = _env(cfg).score(task, [*task.messages, {"role": "assistant", "content": text}], snapshot)
+    reward, _ = replay(_factory(cfg), task, [text])
     sample = Sample(reward.total == 1.0, int(reward.parts.get("attempts", 0)), reward.parts.get("format_ok") == 1.0, "ok", reward.error)
     return TaskRow(task.id, task.meta["exercise"], [sample])
 
@@ -157,43 +149,18 @@ def _sample(traj: Any) -> Sample:
                   parts.get("format_ok") == 1.0, traj.status.value, reward.error if reward else "no reward")
 
 
-def _context(path: str, cap: int) -> int:
-    from transformers import AutoConfig
-
-    return min(cap, int(getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None) or cap))
-
-
-async def model_rows(cfg: CodeEvalConfig, tasks: list[Any]) -> list[TaskRow]:
+def model_rows(cfg: CodeEvalConfig, tasks: list[Any]) -> list[TaskRow]:
     """``cfg.samples`` episodes per task on one in-process vLLM engine, ``cfg.batch`` tasks at a time."""
-    from envs import factory
-    from forge_ray.pipeline import resolve_device
-    from forge_ray.rollout.agent_loop import EpisodeSpec
-    from forge_ray.rollout.group import RolloutWorker
+    from forge_ray.eval.harness import EngineSpec, Progress, play_policy
 
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    device = resolve_device(cfg.device)
-    context = _context(cfg.model, cfg.max_context)
-    engine_kwargs = {"dtype": cfg.dtype or ("float32" if device == "cpu" else "bfloat16"), "max_model_len": context,
-                     "kv_cache_mb": cfg.kv_cache_mb, "device": device, "seed": 0}
-    spec = EpisodeSpec(max_new_tokens=cfg.max_new_tokens, max_context=context, temperature=cfg.temperature, timeout_s=3600.0)
-    env_kwargs = {"backend": cfg.backend, "timeout_s": cfg.timeout_s, "max_attempts": cfg.max_attempts}
-    worker = RolloutWorker(str(Path(cfg.model).resolve()), engine_kwargs, factory("exercises", env_kwargs), spec)
-    log.info("starting vLLM on %s (%s)", cfg.model, engine_kwargs)
-    log.info("engine ready in %.1f s", await worker.start())
+    spec = EngineSpec(cfg.model, max_new_tokens=cfg.max_new_tokens, max_context=cfg.max_context, temperature=cfg.temperature,
+                      kv_cache_mb=cfg.kv_cache_mb, dtype=cfg.dtype, device=cfg.device)
+    progress = Progress("code", len(tasks))
+    on_batch = (lambda done, trajs: progress(done, sum(_sample(t).passed for t in trajs) / max(len(trajs), 1), "pass@1"))
+    trajs = asyncio.run(play_policy(spec, _factory(cfg), tasks, samples=cfg.samples, batch=cfg.batch, on_batch=on_batch))
     rows = {t.id: TaskRow(t.id, t.meta["exercise"]) for t in tasks}
-    t0, step = time.perf_counter(), max(cfg.batch, 1)
-    try:
-        for start in range(0, len(tasks), step):
-            batch = tasks[start:start + step]
-            trajs = await worker.evaluate([t for t in batch for _ in range(cfg.samples)], greedy=cfg.samples == 1)
-            for traj in trajs:
-                rows[traj.task_id].samples.append(_sample(traj))
-            done = start + len(batch)
-            rate = sum(rows[t.id].correct for t in tasks[:done]) / (done * cfg.samples)
-            log.info("code: %d/%d tasks, pass@1 so far %.3f, %.2f tasks/s", done, len(tasks), rate, done / (time.perf_counter() - t0))
-    finally:
-        worker.shutdown()
+    for traj in trajs:
+        rows[traj.task_id].samples.append(_sample(traj))
     return [rows[t.id] for t in tasks]
 
 
@@ -238,7 +205,7 @@ def run_code_eval(cfg: CodeEvalConfig) -> dict[str, Any]:
     tasks = load_tasks(cfg)
     log.info("code %s: %d tasks of %s", cfg.mode, len(tasks), cfg.set)
     t0 = time.perf_counter()
-    rows = replay_rows(tasks, cfg) if cfg.model is None else asyncio.run(model_rows(cfg, tasks))
+    rows = replay_rows(tasks, cfg) if cfg.model is None else model_rows(cfg, tasks)
     summary = summarize(cfg, rows, time.perf_counter() - t0)
     print(format_table(summary))
     if cfg.out:

@@ -7,6 +7,7 @@ built here with git, copied per episode, commands in bubblewrap, scoring through
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -556,3 +557,19 @@ def test_escape_huge_output(escape_env):
     assert obs.endswith(f"<output_tail>\n{'x' * 4994}\nTAIL\n\n</output_tail>")
     assert len(obs) < 11_000
     _still_works(escape_env)
+
+
+@needs_bwrap
+@pytest.mark.parametrize("mode,expected", [("gold", 1.0), ("empty", 0.0), ("tests_only", 0.0)])
+def test_eval_swe_replays(tasks_dir, mode, expected, tmp_path):
+    """``forge-ray eval swe``'s replays through the real parsing, sandbox and checker: the gold
+    patch resolves every task; submitting nothing, or making the failing tests skip, none."""
+    from forge_ray.eval.swe import SweEvalConfig, run_swe_eval
+
+    out = tmp_path / "swe.json"
+    summary = run_swe_eval(SweEvalConfig(str(tasks_dir), mode=mode, backend="bwrap", out=str(out)))
+    assert summary["n"] == 2 and summary["pass_rate"] == expected and summary["errors"] == 0
+    assert json.loads(out.read_text())["pass_rate"] == expected
+    for row in summary["per_task"]:
+        assert row["parts"]["submitted"] == 1.0 and row["parts"]["applied"] == 1.0  # scored, not refused
+        assert row["parts"]["p2p_passed"] == 1.0 and row["parts"]["f2p_passed"] == expected
