@@ -180,7 +180,7 @@ class EnvPoolManager:
         from forge_ray.cluster.actors import spawn_group
 
         self.spec = spec
-        root = os.path.join(tempfile.gettempdir(), "forge-env", uuid.uuid4().hex[:12])
+        self.root = root = os.path.join(tempfile.gettempdir(), "forge-env", uuid.uuid4().hex[:12])
         self.handle = spawn_group(EnvHost, "env", spec.pool_size, {"CPU": ENV_ACTOR_CPUS},
                                   lambda rank: ((spec.factory, spec.slots, rank, os.path.join(root, f"actor-{rank}")), {}),
                                   max_concurrency=spec.slots)
@@ -253,6 +253,10 @@ class EnvPoolManager:
 
     def actors(self) -> list[Any]:
         return list(self.handle.actors)
+
+    def workdirs(self) -> list[str]:
+        """Each env actor's work dir (on its node), by actor index."""
+        return [os.path.join(self.root, f"actor-{i}") for i in range(self.spec.pool_size)]
 
     async def shutdown(self) -> None:
         """Close every open episode and remove the actors' work dirs, then stop the actors."""
