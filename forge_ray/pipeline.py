@@ -79,6 +79,7 @@ def base_model(job: JobConfig, run: Run) -> str:
     m = job.model
     out = make_tiny_model(run.dir / "checkpoints" / "base", m.tiny_seed, num_layers=m.tiny_layers, hidden_size=m.tiny_hidden,
                           intermediate_size=3 * m.tiny_hidden, num_heads=m.tiny_heads, num_kv_heads=m.tiny_kv_heads,
+                          max_position=m.tiny_max_position,
                           corpus=tiny_corpus(job))
     log.info("built the tiny model into %s", out)
     return str(out)

@@ -9,6 +9,9 @@ its ``answer`` is the row plus ``tasks_dir``, all ``SweEnv`` needs to play and s
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -114,10 +117,15 @@ class SweTasks:
     all of them. ``step_limit``/``command_timeout_s`` are written into the system prompt and,
     with ``backend``/``root``/``test_timeout_s``, configure the ``SweEnv`` the expert plays in:
     give the values the environment of the job uses.
+
+    Expert conversations are played once and kept in ``expert_cache`` (default
+    ``<tasks_dir>/experts/``, one JSON file per instance, keyed by its gold patch): playing one
+    takes seconds of sandboxed commands, and SFT and the tiny model's tokenizer ask for
+    hundreds. An unwritable cache is skipped.
     """
 
     def __init__(self, tasks_dir: str, backend: str = "auto", root: str | None = None, step_limit: int = 30,
-                 command_timeout_s: float = 60.0, test_timeout_s: float = 300.0) -> None:
+                 command_timeout_s: float = 60.0, test_timeout_s: float = 300.0, expert_cache: str | None = None) -> None:
         self.tasks_dir = Path(tasks_dir).resolve()
         if not self.tasks_dir.is_dir():
             raise ValueError(f"SweTasks: tasks folder {self.tasks_dir} does not exist "
@@ -125,6 +133,7 @@ class SweTasks:
         self.env_kwargs = {"backend": backend, "root": root, "step_limit": step_limit,
                            "command_timeout_s": command_timeout_s, "test_timeout_s": test_timeout_s}
         self.system_prompt = system_prompt(step_limit, command_timeout_s)
+        self.expert_cache = Path(expert_cache) if expert_cache else self.tasks_dir / "experts"
         self._rows: dict[str, list[dict[str, Any]]] = {}
 
     def rows(self, split: str) -> list[dict[str, Any]]:
@@ -164,7 +173,19 @@ class SweTasks:
         real observations), checked to reach reward 1; ``ExpertError`` otherwise."""
         from envs.swe.expert import expert_conversation
 
-        return expert_conversation(task, self.env_kwargs)
+        key = hashlib.sha1(task.answer["patch"].encode()).hexdigest()[:12]
+        path = self.expert_cache / f"{task.id}.{key}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        conversation = expert_conversation(task, self.env_kwargs)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(conversation))
+            os.replace(tmp, path)
+        except OSError:  # a read-only tasks folder: play it again next time
+            pass
+        return conversation
 
     def verify_expert(self, task: Task) -> float:
         """Replay the expert and return its reward."""

@@ -53,6 +53,8 @@ def test_tiny_model_heads_must_split_evenly(tmp_path):
         with pytest.raises(ConfigError, match="model.tiny_heads"):
             load_job(None, bad)
     assert load_job(path, ["model.tiny_kv_heads=4"]).model.tiny_kv_heads == 4
+    with pytest.raises(ConfigError, match="head size vLLM's CPU attention does not run"):  # 64 / 4 = 16
+        load_job(path, ["model.tiny_kv_heads=4", "model.tiny_hidden=64"])
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)

@@ -374,6 +374,11 @@ def test_expert_replay(source, task):
                   answer={**task.answer, "patch": task.answer["patch"].replace("a * b", "a - b")})
     with pytest.raises(ExpertError, match="command failed"):
         expert_conversation(broken, source.env_kwargs)
+    # played once, then read from the tasks folder's cache (keyed by the gold patch)
+    (cached,) = source.expert_cache.glob(f"{task.id}.*.json")
+    assert json.loads(cached.read_text()) == messages and source.expert(task) == messages
+    with pytest.raises(ExpertError):  # another gold patch is another key: played, and fails
+        source.expert(broken)
 
 
 def test_submission_filter_excludes(tmp_path):
