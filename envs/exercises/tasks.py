@@ -58,11 +58,14 @@ class ExerciseTasks:
     ``set``: "humaneval" or a directory of exercises. ``heldout_fraction`` / ``heldout`` /
     ``split_seed``: the split of a directory set. ``backend``, ``timeout_s``: sandbox backend
     and test-run limit of the experts' episodes. ``expert_tries``: mutants tried before the
-    expert falls back to one turn.
+    expert falls back to one turn. ``heldout_set``: another set ("humaneval" or a directory)
+    that is the held-out split, this one then being all train (mined exercises for training,
+    HumanEval for evaluation).
     """
 
     def __init__(self, set: str = "humaneval", heldout_fraction: float = 0.2, heldout: Sequence[str] | None = None,
-                 split_seed: int = 0, backend: str = "auto", timeout_s: float = 20.0, expert_tries: int = 12):
+                 split_seed: int = 0, backend: str = "auto", timeout_s: float = 20.0, expert_tries: int = 12,
+                 heldout_set: str | None = None):
         if not 0.0 <= heldout_fraction <= 1.0:
             raise ValueError(f"heldout_fraction must be in [0, 1], got {heldout_fraction}")
         self.set = str(set)
@@ -71,6 +74,8 @@ class ExerciseTasks:
         self.backend, self.timeout_s, self.expert_tries = backend, float(timeout_s), int(expert_tries)
         self._exercises: list[Exercise] | None = None
         self._heldout_by_hash: set[str] | None = None
+        self.heldout_source = None if heldout_set is None else ExerciseTasks(heldout_set, heldout_fraction=1.0, backend=backend,
+                                                                              timeout_s=timeout_s, expert_tries=expert_tries)
 
     @property
     def label(self) -> str:
@@ -105,6 +110,8 @@ class ExerciseTasks:
     def split_of(self, ex: Exercise) -> str:
         if self.set == "humaneval":
             return "heldout"
+        if self.heldout_source is not None:
+            return "train"
         if self.heldout_names is not None:
             return "heldout" if ex.name in self.heldout_names else "train"
         if self._heldout_by_hash is None:  # the round(fraction * N) names of smallest hash
@@ -123,6 +130,10 @@ class ExerciseTasks:
 
     def all_tasks(self, split: str | None = None) -> list[Task]:
         """Every task of ``split`` (all splits when None), in exercise-name order."""
+        if self.heldout_source is not None and split == "heldout":
+            return self.heldout_source.all_tasks("heldout")
+        if self.heldout_source is not None and split is None:
+            return self.all_tasks("train") + self.heldout_source.all_tasks("heldout")
         return [self.task_of(ex) for ex in self.exercises if split is None or self.split_of(ex) == split]
 
     def tasks(self, split: str, n: int, seed: int) -> list[Task]:
@@ -131,6 +142,8 @@ class ExerciseTasks:
         stay unique); the first ``k`` tasks of a call are those of the call with ``n = k``."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        if split == "heldout" and self.heldout_source is not None:
+            return self.heldout_source.tasks(split, n, seed)
         pool = self.all_tasks(split)
         if not pool and n > 0:
             if self.set == "humaneval":

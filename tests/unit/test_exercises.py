@@ -349,3 +349,19 @@ def test_through_the_async_adapter(leap: Exercise, tmp_path: Path) -> None:
 
     assert asyncio.run(episode([format_reply("leap.py", LEAP_WRONG), format_reply("leap.py", LEAP_REFERENCE)])).total == 1.0
     assert asyncio.run(episode([format_reply("leap.py", LEAP_WRONG)] * 2)).total == 0.0
+
+
+def test_heldout_set_is_another_set(tmp_path):
+    """Mined exercises for training, HumanEval held out: the directory is all train, the held-out
+    split is the other set's."""
+    from envs.exercises import ExerciseTasks
+    from envs.exercises.humaneval import humaneval_exercises
+    from envs.exercises.format import write_exercise
+
+    for ex in humaneval_exercises()[:3]:
+        write_exercise(ex, tmp_path)
+    source = ExerciseTasks(set=str(tmp_path), heldout_set="humaneval")
+    train, heldout = source.tasks("train", 3, 0), source.tasks("heldout", 5, 0)
+    assert len(train) == 3 and all(t.meta["split"] == "train" for t in train)
+    assert len(heldout) == 5 and all(t.meta["split"] == "heldout" and t.id.startswith("humaneval/") for t in heldout)
+    assert len(source.all_tasks("heldout")) == 164 and len(source.all_tasks(None)) == 167
