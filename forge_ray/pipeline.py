@@ -65,10 +65,13 @@ def tiny_corpus(job: JobConfig, n: int = 400) -> list[str]:
     from jinja2 import Template
 
     from forge_ray.chat import TOOL_CHAT_TEMPLATE
+    from forge_ray.train.sft import expert_conversations
+
     source = demo_source(job)
     template = Template(TOOL_CHAT_TEMPLATE)
     tasks = source.tasks("train", n, job.env.seed + 20_000)
-    return [template.render(messages=t.messages + source.expert(t), tools=t.tools, add_generation_prompt=False) for t in tasks]
+    return [template.render(messages=t.messages + expert, tools=t.tools, add_generation_prompt=False)
+            for t, expert in expert_conversations(source, tasks, "tiny tokenizer corpus")]
 
 
 def base_model(job: JobConfig, run: Run) -> str:

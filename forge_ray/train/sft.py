@@ -11,12 +11,25 @@ import json
 import logging
 import math
 import random
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from forge_ray.config import JobConfig
 
 log = logging.getLogger(__name__)
+
+
+def expert_conversations(source: Any, tasks: list, label: str) -> Iterator[tuple[Any, list[dict]]]:
+    """``(task, source.expert(task))`` for each task, with a progress line every 30 s: an expert
+    that plays through a sandboxed environment (SWE, exercises) takes seconds."""
+    t0 = last = time.monotonic()
+    for i, task in enumerate(tasks):
+        yield task, source.expert(task)
+        now = time.monotonic()
+        if now - last >= 30 or (i + 1 == len(tasks) and now - t0 >= 30):
+            last = now
+            log.info("%s: %d/%d expert conversations (%.1f s each)", label, i + 1, len(tasks), (now - t0) / (i + 1))
 
 
 def write_expert_data(job: JobConfig, source: Any, tokenizer_path: str, out: Path) -> dict[str, float]:
@@ -29,8 +42,8 @@ def write_expert_data(job: JobConfig, source: Any, tokenizer_path: str, out: Pat
     tasks = source.tasks("train", job.sft.examples, job.env.seed + 10_000)  # a different draw than RL's
     lengths = []
     with open(out, "w") as f:
-        for task in tasks:
-            tokens, mask = render_conversation(tokenizer, task, source.expert(task))
+        for task, expert in expert_conversations(source, tasks, "SFT data"):
+            tokens, mask = render_conversation(tokenizer, task, expert)
             lengths.append(len(tokens))
             f.write(json.dumps({"id": task.id, "tokens": tokens, "mask": mask}) + "\n")
     return {"examples": len(tasks), "mean_tokens": sum(lengths) / max(len(lengths), 1), "max_tokens": max(lengths, default=0)}
