@@ -30,8 +30,9 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
+
+from forge_ray.eval.harness import report
 
 log = logging.getLogger(__name__)
 
@@ -207,12 +208,7 @@ def run_code_eval(cfg: CodeEvalConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     rows = replay_rows(tasks, cfg) if cfg.model is None else model_rows(cfg, tasks)
     summary = summarize(cfg, rows, time.perf_counter() - t0)
-    print(format_table(summary))
-    if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(summary, indent=1) + "\n")
-        log.info("wrote %s", cfg.out)
-    return summary
+    return report(summary, format_table(summary), cfg.out)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ fresh environment from its snapshot, as the reward actor scores.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -111,3 +112,13 @@ class Progress:
     def __call__(self, done: int, rate: float, label: str = "pass rate") -> None:
         log.info("%s: %d/%d tasks, %s so far %.3f, %.2f tasks/s", self.name, done, self.total, label, rate,
                  done / max(time.perf_counter() - self.t0, 1e-9))
+
+
+def report(summary: dict[str, Any], table: str, out: str | None) -> dict[str, Any]:
+    """Print ``table`` and write ``summary`` as JSON to ``out`` (when given); returns the summary."""
+    print(table)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(summary, indent=1) + "\n")
+        log.info("wrote %s", out)
+    return summary

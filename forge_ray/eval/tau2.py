@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 import time
@@ -26,6 +25,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from forge_ray.eval.harness import report
 
 log = logging.getLogger(__name__)
 
@@ -238,12 +239,7 @@ def run_tau2(cfg: Tau2EvalConfig) -> dict[str, Any]:
         rows = asyncio.run(model_rows(cfg))
         extra = {}
     summary = summarize(cfg, rows, time.perf_counter() - t0, extra)
-    print(format_table(summary))
-    if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(summary, indent=1) + "\n")
-        log.info("wrote %s", cfg.out)
-    return summary
+    return report(summary, format_table(summary), cfg.out)
 
 
 # -------------------------------------------------------------------------------- CLI
