@@ -7,6 +7,8 @@
     forge-ray eval bfcl (--model DIR | --gold) [--categories simple_python,...] [--limit N] [--out FILE.json]
     forge-ray prepare-model smollm2 OUT_DIR
     forge-ray sandbox run [--backend auto|bwrap|process|container] [--timeout S] [--memory-mb M] [--workdir DIR] -- CMD ARGS...
+    forge-ray swe make-tasks PACKAGE[==VERSION]|DIR ... --out DIR [--heldout PKG ...] [--max-per-package N] [--seed S]
+    forge-ray code make-exercises PACKAGE[==VERSION]|DIR ... --out DIR [--heldout PKG ...] [--max-per-package N]
 """
 from __future__ import annotations
 
@@ -109,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("forge_ray.eval.cli", fromlist=["add_parser"]).add_parser(sub)
     __import__("forge_ray.models.cli", fromlist=["add_parser"]).add_parser(sub)
     __import__("forge_ray.env.sandbox_cli", fromlist=["add_parser"]).add_parser(sub)
+    # envs/ at the edge, as pipeline.py does: argparse only, the factory loads on use
+    __import__("envs.swe.factory_cli", fromlist=["add_parser"]).add_parser(sub)
+    __import__("envs.exercises.mine_cli", fromlist=["add_parser"]).add_parser(sub)
     return p
 
 

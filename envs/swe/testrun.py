@@ -42,7 +42,7 @@ def rel(path):
 
 class Recorder:
     def __init__(self):
-        self.outcomes, self.failures, self.errors, self.calls = {}, {}, {}, {}
+        self.outcomes, self.failures, self.errors, self.calls, self.durations = {}, {}, {}, {}, {}
         self.current, self.codes = "<collection>", {}
 
     def profile(self, frame, event, arg):
@@ -98,6 +98,7 @@ class Recorder:
         return info
 
     def pytest_runtest_logreport(self, report):
+        self.durations[report.nodeid] = self.durations.get(report.nodeid, 0.0) + report.duration
         prev = self.outcomes.get(report.nodeid)
         if report.failed:
             self.outcomes[report.nodeid] = "failed" if report.when == "call" else "error"
@@ -114,7 +115,8 @@ code = pytest.main(sys.argv[2:], plugins=[rec])
 sys.setprofile(None)
 calls = {k: sorted(v) for k, v in rec.calls.items()}
 with open(cfg["out"], "w") as f:
-    json.dump({"outcomes": rec.outcomes, "failures": rec.failures, "errors": rec.errors, "calls": calls}, f)
+    json.dump({"outcomes": rec.outcomes, "failures": rec.failures, "errors": rec.errors, "calls": calls,
+               "durations": {k: round(v, 4) for k, v in rec.durations.items()}}, f)
 sys.exit(int(code))
 '''
 
@@ -144,6 +146,8 @@ class TestRun:
     collection_errors: dict[str, str] = field(default_factory=dict)   # collector node id -> report
     calls: dict[str, tuple[str, ...]] = field(default_factory=dict)   # test id -> "file:firstline" called
     wall_seconds: float = 0.0
+    durations: dict[str, float] = field(default_factory=dict)         # test id -> seconds (all phases)
+    complete: bool = False      # pytest ended normally and wrote its results (not killed, not crashed)
 
     @property
     def passed(self) -> list[str]:
@@ -202,8 +206,9 @@ def run_tests(tree: str | os.PathLike, test_ids: Sequence[str] | None, *, backen
     if not tree.is_dir():
         raise FileNotFoundError(f"run_tests: tree {tree} is not a directory")
     ids = None if test_ids is None else list(dict.fromkeys(test_ids))
-    if ids is not None and not ids:
-        return TestRun({}, 0, "", False)
+    if ids is not None and not any((tree / t.split("::", 1)[0]).is_file() for t in ids):
+        return TestRun({t: False for t in ids}, 5, "[run_tests] none of the requested test files exists\n",
+                       False, complete=True)   # pytest's "no tests collected"; nothing to start
     tag = uuid.uuid4().hex[:12]
     cfg_name, out_name = f".forge-testrun-{tag}.json", f".forge-testrun-{tag}.out.json"
     cfg = {"wanted": ids, "root": INNER, "out": f"{INNER}/{out_name}",
@@ -226,5 +231,7 @@ def run_tests(tree: str | os.PathLike, test_ids: Sequence[str] | None, *, backen
     results, failures = _parse(raw, ids)
     calls = {t: tuple(v) for t, v in raw.get("calls", {}).items()}
     output = r.stdout + (("\n" + r.stderr) if r.stderr else "")
+    if not raw and not r.timed_out:
+        output += f"\n[run_tests] pytest ended without writing results (exit {r.exit_code}): crashed or killed"
     return TestRun(results, r.exit_code, output, r.timed_out, raw.get("outcomes", {}), failures,
-                   raw.get("errors", {}), calls, r.wall_seconds)
+                   raw.get("errors", {}), calls, r.wall_seconds, raw.get("durations", {}), bool(raw))
