@@ -61,7 +61,8 @@ def demo_source(job: JobConfig) -> Any:
 
 
 def tiny_corpus(job: JobConfig, n: int = 400) -> list[str]:
-    """In-domain documents for the tiny tokenizer: rendered expert conversations (the SFT's)."""
+    """In-domain documents for the tiny tokenizer: rendered expert conversations (the SFT's),
+    at most ``sft.examples`` of them (experts that play through a sandbox take seconds each)."""
     from jinja2 import Template
 
     from forge_ray.chat import TOOL_CHAT_TEMPLATE
@@ -69,7 +70,7 @@ def tiny_corpus(job: JobConfig, n: int = 400) -> list[str]:
 
     source = demo_source(job)
     template = Template(TOOL_CHAT_TEMPLATE)
-    tasks = source.tasks("train", n, job.env.seed + 20_000)
+    tasks = source.tasks("train", min(n, job.sft.examples), job.env.seed + 20_000)
     return [template.render(messages=t.messages + expert, tools=t.tools, add_generation_prompt=False)
             for t, expert in expert_conversations(source, tasks, "tiny tokenizer corpus")]
 
