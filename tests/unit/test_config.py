@@ -55,6 +55,9 @@ def test_tiny_model_heads_must_split_evenly(tmp_path):
     assert load_job(path, ["model.tiny_kv_heads=4"]).model.tiny_kv_heads == 4
     with pytest.raises(ConfigError, match="head size vLLM's CPU attention does not run"):  # 64 / 4 = 16
         load_job(path, ["model.tiny_kv_heads=4", "model.tiny_hidden=64"])
+    with pytest.raises(ConfigError, match="rollout.max_context \\+ rollout.max_new_tokens \\(2000 \\+ 64\\)"):
+        load_job(path, ["model.tiny_kv_heads=4", "rollout.max_context=2000"])  # the tiny model's 2048 by default
+    assert load_job(path, ["model.tiny_kv_heads=4", "rollout.max_context=2000", "model.path=/some/model"]).rollout.max_context == 2000
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)
