@@ -131,7 +131,7 @@ def main() -> None:
     print(f"\n{'mode':<48}{'episodes':>9}{'resolved':>9}{'ep/min':>8}")
     for r in pool:
         print(f"{r['mode']:<48}{r['episodes']:>9}{r['resolved']:>9}{r['episodes_per_min']:>8.1f}")
-    print(f"\nmaking one expert trajectory (played through the env): {expert_s:.2f} s")
+    print(f"\none expert trajectory (played through the env, or read from the tasks folder's cache): {expert_s:.2f} s")
     out = {"config": vars(args), "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
            "load_avg": os.getloadavg()}, "action_latency": latency, "throughput": pool, "expert_seconds": expert_s}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
