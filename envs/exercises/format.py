@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -172,7 +172,17 @@ def _exercise_folders(root: Path) -> list[Path]:
 
 
 def load_exercises(root: str | os.PathLike) -> list[Exercise]:
-    """Every exercise under ``root``, sorted by name; names must be unique."""
+    """Every exercise under ``root`` (a folder, or a ``.tar.gz`` of one: ``forge_ray.env.archive``),
+    sorted by name; names must be unique. An exercise holds its files in memory, so an archive
+    is unpacked only for the loading; ``source`` then names the archive and the folder in it."""
+    from forge_ray.env.archive import is_archive, unpack_tree
+
+    if is_archive(root) and Path(root).is_file():
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="forge-exercises-") as tmp:
+            loaded = load_exercises(unpack_tree(root, tmp))
+            return [replace(ex, source=f"{root}:{Path(ex.source).relative_to(tmp)}") for ex in loaded]
     root = Path(root)
     if not root.is_dir():
         raise ExerciseFormatError(f"{root}: not a directory of exercises")

@@ -1,6 +1,6 @@
 """Training exercises mined from real packages: re-implement one function, checked by the package's own tests.
 
-    summary = mine_exercises(["toolz==1.2.0", "path/to/pkg"], "data/exercises_train", heldout=["parse"])
+    summary = mine_exercises(["toolz==1.2.0", "path/to/pkg"], "out/exercises", heldout=["parse"])
 
 Per package (a PyPI sdist, a directory or ``DIR@REF``, through ``envs.swe.packages``): its suite
 runs once in the sandbox with call tracing (``envs.swe.testrun``); the candidates are top-level

@@ -1,6 +1,6 @@
 """``forge-ray code make-exercises``: the command line of the exercise miner (``mine.py``).
 
-    forge-ray code make-exercises PACKAGE[==VERSION]|DIR|DIR@REF ... --out DIR [--heldout PKG ...]
+    forge-ray code make-exercises PACKAGE[==VERSION]|DIR|DIR@REF ... --out DIR|FILE.tar.gz [--heldout PKG ...]
         [--heldout-out DIR] [--packages-file envs/swe/packages.txt] [--max-per-package 60] [--seed 0]
         [--workers 2] [--backend auto] [--cache-dir DIR] [--timeout 20] [--max-module-lines 1000]
         [--max-test-files 3] [--overwrite]
@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 
 
 def _make_exercises(args: argparse.Namespace) -> int:
     from envs.exercises.mine import MineConfig, MiningError, mine_exercises
     from envs.swe.factory_cli import read_packages_file
+    from forge_ray.env.archive import is_archive, pack_tree
 
     sources, heldout = list(args.sources), list(args.heldout)
     if args.packages_file:
@@ -34,12 +37,19 @@ def _make_exercises(args: argparse.Namespace) -> int:
     cfg = MineConfig(max_per_package=args.max_per_package, seed=args.seed, backend=args.backend,
                      timeout_s=args.timeout, max_test_files=args.max_test_files,
                      max_module_lines=args.max_module_lines, workers=args.workers, cache_dir=args.cache_dir)
+    packed = is_archive(args.out)  # mined into a scratch folder, shipped as one archive
+    target = tempfile.mkdtemp(prefix="forge-exercises-") if packed else args.out
     try:
-        summary = mine_exercises(sources, args.out, heldout=heldout, heldout_out=args.heldout_out, config=cfg,
-                                 overwrite=args.overwrite)
+        summary = mine_exercises(sources, target, heldout=heldout, heldout_out=args.heldout_out, config=cfg,
+                                 overwrite=args.overwrite or packed)
+        if packed and summary["exercises"]:
+            pack_tree(target, args.out)
     except (MiningError, ValueError, OSError) as e:
         print(f"forge-ray code make-exercises: {e}", file=sys.stderr)
         return 2
+    finally:
+        if packed:
+            shutil.rmtree(target, ignore_errors=True)
     _print_table(summary)
     print(f"wrote {summary['train']} train exercises to {args.out}"
           + (f" and {summary['heldout']} held-out ones to {args.heldout_out}" if args.heldout_out else ""))
@@ -62,7 +72,8 @@ def add_make_exercises(code_sub: argparse._SubParsersAction) -> None:
     p = code_sub.add_parser("make-exercises", help="mine validated coding exercises from packages and their tests",
                             description=__doc__.splitlines()[0])
     p.add_argument("sources", nargs="*", metavar="PACKAGE[==VERSION]|DIR|DIR@REF")
-    p.add_argument("--out", required=True, help="train folder of exercises (loadable by ExerciseTasks(set=DIR))")
+    p.add_argument("--out", required=True, help="train folder of exercises, or FILE.tar.gz for one archive of it "
+                                                "(either loadable by ExerciseTasks(set=...))")
     p.add_argument("--heldout", nargs="*", default=[], metavar="PKG", help="packages never mined into --out")
     p.add_argument("--heldout-out", default=None, metavar="DIR", help="mine the held-out packages into this folder")
     p.add_argument("--packages-file", default=None, metavar="FILE", help="more sources, one per line (# heldout)")

@@ -80,7 +80,7 @@ class ExerciseTasks:
     @property
     def label(self) -> str:
         """The set's name in task ids: "humaneval", or the directory's name."""
-        return "humaneval" if self.set == "humaneval" else Path(self.set).resolve().name
+        return "humaneval" if self.set == "humaneval" else Path(self.set).resolve().name.removesuffix(".tar.gz")
 
     @property
     def exercises(self) -> list[Exercise]:
@@ -90,10 +90,10 @@ class ExerciseTasks:
                 from envs.exercises.humaneval import humaneval_exercises
 
                 loaded = humaneval_exercises()
-            elif os.path.isdir(self.set):
+            elif os.path.isdir(self.set) or (self.set.endswith(".tar.gz") and os.path.isfile(self.set)):
                 loaded = load_exercises(self.set)
             else:
-                raise ValueError(f"exercise set {self.set!r}: not 'humaneval' and not a directory of exercises")
+                raise ValueError(f"exercise set {self.set!r}: not 'humaneval', a directory of exercises, or its .tar.gz")
             for ex in loaded:
                 if len(ex.solution_paths) != 1:
                     raise ExerciseFormatError(f"exercise {ex.name} ({ex.source}): needs exactly one solution file, has {ex.solution_paths}")

@@ -36,6 +36,7 @@ from envs.swe.protocol import (
     HEAD_CHARS, MAX_OUTPUT_CHARS, TAIL_CHARS, format_error, format_observation,
     format_timeout, is_submission, parse_reply,
 )
+from forge_ray.env.archive import resolve_tree
 from forge_ray.env.protocol import EnvBase
 from forge_ray.env.sandbox import BACKENDS, INNER_WORKDIR, Sandbox, SandboxLimits, make_sandbox
 from forge_ray.types import Action, RewardBreakdown, StepResult, Task
@@ -90,9 +91,10 @@ class Instance:
         if missing:
             raise ValueError(f"{name}: task.answer lacks {', '.join(missing)}")
         name = f"swe instance {answer['instance_id']!r}"
-        repo_dir = Path(str(answer["tasks_dir"])) / str(answer["repo"])
-        if not repo_dir.is_dir():
-            raise ValueError(f"{name}: repository {repo_dir} does not exist (tasks_dir + repo)")
+        where = Path(str(answer["tasks_dir"])) / str(answer["repo"])
+        repo_dir = resolve_tree(where)  # the folder, or its .tar.gz archive
+        if repo_dir is None:
+            raise ValueError(f"{name}: repository {where} does not exist, nor {where}.tar.gz (tasks_dir + repo)")
         tests = {}
         for key in ("FAIL_TO_PASS", "PASS_TO_PASS"):
             value = answer.get(key) or []

@@ -2,7 +2,8 @@
 
     summary = make_tasks(["toolz==1.2.0", "path/to/pkg"], "data/swe_tasks", heldout_packages=["parse"])
 
-For each package: fetch and export its clean tree (``<out>/repos/<name>-<version>/``), run its
+For each package: fetch and export its clean tree (``<out>/repos/<name>-<version>/``, shipped
+at the end as ``<name>-<version>.tar.gz``: ``forge_ray.env.archive``), run its
 whole suite twice in the sandbox (tests passing both times are the candidates; the first run
 also records which package functions each test calls), then mutate functions that tests
 call (``mutate.py``). A mutant is validated in a scratch copy in two steps: first only the
@@ -448,6 +449,17 @@ def _build_package(spec: str | PackageSource, out: Path, cfg: _Config, log_line:
     return report, rows
 
 
+def _pack_repo(tree: Path, keep: bool) -> None:
+    """The package's clean tree as ``repos/<name>-<version>.tar.gz`` (kept only if it has
+    tasks): third-party code ships as one archive, not as files of this repository."""
+    from forge_ray.env.archive import SUFFIX, pack_tree
+
+    if tree.is_dir():
+        if keep:
+            pack_tree(tree, tree.with_name(tree.name + SUFFIX))
+        shutil.rmtree(tree)
+
+
 def _features():
     import datasets
 
@@ -503,6 +515,7 @@ def make_tasks(sources: Iterable[str | PackageSource], out_dir: str | os.PathLik
 
         for spec in dict.fromkeys(sources):
             report, pkg_rows = _build_package(spec, out, cfg, log_line, progress)
+            _pack_repo(out / "repos" / f"{report.name}-{report.version}", keep=bool(pkg_rows))
             reports.append(report)
             rows[report.split] += pkg_rows
             if report.problem:

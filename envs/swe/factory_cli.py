@@ -56,7 +56,7 @@ def _make_tasks(args: argparse.Namespace) -> int:
         print(f"forge-ray swe make-tasks: {e}", file=sys.stderr)
         return 1
     _print_table(summary)
-    print(f"wrote {args.out}/train.parquet, heldout.parquet, repos/, validation_log.jsonl, summary.json")
+    print(f"wrote {args.out}/train.parquet, heldout.parquet, repos/*.tar.gz, validation_log.jsonl, summary.json")
     return 0 if summary["tasks"] else 1
 
 
@@ -77,7 +77,7 @@ def add_make_tasks(swe_sub: argparse._SubParsersAction) -> None:
     p = swe_sub.add_parser("make-tasks", help="build validated SWE tasks from packages (SWE-smith style)",
                            description=__doc__.splitlines()[0])
     p.add_argument("sources", nargs="*", metavar="PACKAGE[==VERSION]|DIR|DIR@REF")
-    p.add_argument("--out", required=True, help="output folder (train/heldout parquet, repos/, logs)")
+    p.add_argument("--out", required=True, help="output folder (train/heldout parquet, repos/*.tar.gz, logs)")
     p.add_argument("--packages-file", default=None, metavar="FILE", help="more sources, one per line (# heldout)")
     p.add_argument("--heldout", nargs="*", default=[], metavar="PKG", help="packages that go to the heldout split")
     p.add_argument("--max-per-package", type=int, default=100, metavar="N", help="validated tasks per package")

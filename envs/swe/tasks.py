@@ -2,7 +2,7 @@
 
 A tasks folder (``forge-ray swe make-tasks``) holds ``train.parquet`` and ``heldout.parquet``
 (one row per instance: instance_id, repo, problem_statement, patch, bug_patch, FAIL_TO_PASS,
-PASS_TO_PASS, ...) and the clean repositories under ``repos/``. A task opens with the system
+PASS_TO_PASS, ...) and the clean repositories under ``repos/`` (folders or ``.tar.gz``). A task opens with the system
 prompt (mini-swe-agent-plus's instructions, adapted: THOUGHT + one bash block, the edit tool,
 the submit command, what not to edit, the recommended workflow) and the problem statement;
 its ``answer`` is the row plus ``tasks_dir``, all ``SweEnv`` needs to play and score it.

@@ -92,8 +92,16 @@ def new_episode_root(root: str | Path, owner_tag: str, prefix: str = "ep-") -> P
 
 
 def copy_tree(src: Path, dst: Path) -> None:
-    """Copy a source tree, keeping symlinks as symlinks (never following them out of it)."""
-    shutil.copytree(src, dst, symlinks=True)
+    """Copy a source tree (a folder, or its ``.tar.gz`` archive: ``forge_ray.env.archive``),
+    keeping symlinks as symlinks (never following them out of it)."""
+    from forge_ray.env.archive import is_archive, unpack_tree
+
+    if is_archive(src):
+        if dst.exists():
+            raise FileExistsError(f"copy_tree: {dst} exists")
+        unpack_tree(src, dst)
+    else:
+        shutil.copytree(src, dst, symlinks=True)
     os.chmod(dst, 0o755)
 
 

@@ -253,3 +253,16 @@ def test_support_is_the_import_closure():
     assert layout.data_files(code) == {"tests/data/x.txt", "pkg/data.json"}
     support = layout.support(["tests/test_x.py"], "pkg/b.py")
     assert "pkg/b.py" not in support and "tests/test_x.py" not in support and "pkg/unused.py" not in support
+
+
+@needs_bwrap
+def test_mined_set_shipped_as_one_archive(mined, tmp_path):
+    """``--out FILE.tar.gz`` packs the mined folder into one reproducible archive, which loads
+    to the same exercises as the folder."""
+    root, pkg, _ = mined
+    archive = tmp_path / "train.tar.gz"
+    assert cli_main([str(pkg), "--out", str(archive), "--workers", "1", "--timeout", "20"]) == 0
+    assert archive.is_file() and not (tmp_path / "train").exists()
+    packed, folder = load_exercises(archive), load_exercises(root / "train")
+    assert [ex.name for ex in packed] == [ex.name for ex in folder] and set(ex.name for ex in packed) == KEPT
+    assert all(a == b for a, b in zip(packed, folder)) and packed[0].source.startswith(f"{archive}:")

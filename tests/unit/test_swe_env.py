@@ -537,3 +537,18 @@ def test_eval_swe_replays(tasks_dir, mode, expected, tmp_path):
     for row in summary["per_task"]:
         assert row["parts"]["submitted"] == 1.0 and row["parts"]["applied"] == 1.0  # scored, not refused
         assert row["parts"]["p2p_passed"] == 1.0 and row["parts"]["f2p_passed"] == expected
+
+
+@needs_bwrap
+def test_repository_shipped_as_archive(tasks_dir, tmp_path):
+    """A tasks folder whose repository is ``repos/<name>.tar.gz`` (as `forge-ray swe make-tasks`
+    writes it) plays and scores like one with the folder: gold resolves, empty does not."""
+    from forge_ray.env.archive import pack_tree
+    from forge_ray.eval.swe import SweEvalConfig, run_swe_eval
+
+    packed = tmp_path / "packed"
+    shutil.copytree(tasks_dir, packed, ignore=shutil.ignore_patterns("experts"))
+    pack_tree(packed / "repos" / "calc-1.0", packed / "repos" / "calc-1.0.tar.gz")
+    shutil.rmtree(packed / "repos" / "calc-1.0")
+    for mode, expected in (("gold", 1.0), ("empty", 0.0)):
+        assert run_swe_eval(SweEvalConfig(str(packed), mode=mode, backend="bwrap"))["pass_rate"] == expected

@@ -229,7 +229,10 @@ def test_make_tasks_end_to_end(tmp_path, scratch):
     unnoticed = [e for e in log if e["function"] == "triple" and e["kind"] in ("off_by_one", "change_constant")]
     assert unnoticed and all(not e["kept"] and e["category"] == "no_failure" and "triple" in e["reason"]
                              for e in unnoticed)
-    repo = out / "repos" / "tinypkg-0.1.0"
+    from forge_ray.env.archive import resolve_tree, unpack_tree
+
+    assert not (out / "repos" / "tinypkg-0.1.0").exists()  # shipped as its archive only
+    repo = unpack_tree(resolve_tree(out / "repos" / "tinypkg-0.1.0"), tmp_path / "unpacked")
     assert (repo / "src/tinypkg/core.py").read_text() == PKG_CORE and not (repo / ".git").exists()
     for row in train:
         changed = [ln[1:].strip() for ln in row["bug_patch"].splitlines()
