@@ -23,6 +23,7 @@ setup(
         "transformers>=4.56",
         "tokenizers",
         "datasets",
+        "datasketch",
         "wandb",
         "pyyaml",
         "matplotlib",

@@ -56,6 +56,28 @@ class EnvConfig:
 
 
 @dataclass(frozen=True)
+class MidTrainConfig:
+    """Agentic mid-training (daVinci-Dev) before SFT: ``forge-ray data build-mt`` into the run
+    directory, then Ray Train on the packed shards, stage by stage (docs/midtraining.md)."""
+
+    enabled: bool = False  # run mid-training before SFT (SFT and RL then start from its checkpoint)
+    sources: list = field(default_factory=list)  # build-mt sources: git:PATH, pypi:PKG==V1,V2, releases:DIR, parquet:GLOB, swe-experts:DIR, episodes:FILE
+    heldout_sources: list = field(default_factory=list)  # PR sources of held-out packages: their per-token loss is reported, never trained on
+    stages: list = field(default_factory=lambda: [["gen"], ["py", "env"]])  # subsets per stage, in order (the paper's staged mixture)
+    seq_len: int = 2048  # tokens per packed sequence
+    max_tokens: int = 32768  # longer samples are dropped
+    enhance: str = "none"  # model folder that writes PR summaries and commit messages, or none
+    eval_tasks: str = ""  # SWE tasks folder to decontaminate against ("" = env.kwargs.tasks_dir when env is swe)
+    upsample_pass: int = 3  # copies of each passing environment-native episode
+    epochs: int = 1  # passes over each stage's data
+    lr: float = 8.0e-5  # peak AdamW learning rate (5% warm-up, cosine decay)
+    batch_size: int = 8  # packed sequences per optimizer step, over all workers
+    num_workers: int = 2  # Ray Train workers (FSDP2 ranks)
+    checkpoint_every: int = 50  # steps between resumable checkpoints
+    seed: int = 0  # data order
+
+
+@dataclass(frozen=True)
 class SFTConfig:
     enabled: bool = True  # run the SFT warm start before RL
     examples: int = 3000  # expert trajectories generated for SFT (train split)
@@ -142,6 +164,7 @@ class JobConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
+    mid_train: MidTrainConfig = field(default_factory=MidTrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)

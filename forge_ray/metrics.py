@@ -170,7 +170,7 @@ def _start_wandb(job: JobConfig, run_dir: Path) -> Any:
         id_file.write_text(run_id)
         wb = wandb.init(project=job.run.wandb_project, name=run_dir.name, dir=str(run_dir), mode=mode,
                         config=job.to_dict(), id=run_id, resume="allow")
-        for stage in ("sft", "rl", "eval"):  # each stage has its own step axis, which survives resumes
+        for stage in ("mid_train", "sft", "rl", "eval"):  # each stage has its own step axis, which survives resumes
             wb.define_metric(f"{stage}/step")
             wb.define_metric(f"{stage}/*", step_metric=f"{stage}/step")
         return wb

@@ -1,5 +1,5 @@
-"""A job end to end: base model -> expert data -> SFT (Ray Train) -> RL (the driver) ->
-evaluation, summary, plots. ``forge-ray run jobs/X.yaml`` calls ``run_job``.
+"""A job end to end: base model -> [mid-training data and mid-training (Ray Data, Ray Train)]
+-> expert data -> SFT (Ray Train) -> RL (the driver) -> evaluation, summary, plots. ``forge-ray run jobs/X.yaml`` calls ``run_job``.
 """
 from __future__ import annotations
 
@@ -104,6 +104,59 @@ def sft_stage(job: JobConfig, run: Run, model_path: str, device: str) -> str:
     return str(out)
 
 
+def midtrain_stage(job: JobConfig, run: Run, model_path: str, device: str) -> str:
+    """build-mt into the run directory (kept on resume), then mid-training stage by stage."""
+    from forge_ray.data.build import subset_shards
+    from forge_ray.train.midtrain import run_midtrain
+
+    m = job.mid_train
+    data = mt_data(job, run, model_path, m.sources, "mt_data", decontaminate=True)
+    stages = [{"name": "+".join(subsets), "shards": subset_shards(data, subsets)} for subsets in m.stages]
+    stages = [s for s in stages if s["shards"]]
+    if not stages:
+        raise RuntimeError(f"mid-training: build-mt kept no sample for the stages {m.stages}; see {data}/manifest.json")
+    out = run.dir / "checkpoints" / "mid_train"
+    t0 = time.perf_counter()
+    rows = run_midtrain(stages, model_path, out, device, lr=m.lr, batch_size=m.batch_size, epochs=m.epochs, seq_len=m.seq_len,
+                        num_workers=m.num_workers, seed=m.seed, checkpoint_every=m.checkpoint_every, dtype=job.model.dtype)
+    for row in rows:
+        run.log("mid_train", int(row["step"]), {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))})
+    log.info("mid-training done in %.0f s (%d steps, final loss %.4f) -> %s", time.perf_counter() - t0,
+             rows[-1]["step"] if rows else 0, rows[-1]["loss"] if rows else float("nan"), out)
+    return str(out)
+
+
+def mt_data(job: JobConfig, run: Run, tokenizer: str, sources: list, name: str, decontaminate: bool) -> Path:
+    """``forge-ray data build-mt`` of ``sources`` into ``<run>/<name>`` (skipped when its manifest exists)."""
+    from forge_ray.data.build import BuildConfig, build_mt
+
+    m = job.mid_train
+    out = run.dir / name
+    if (out / "manifest.json").exists():
+        return out
+    eval_tasks = m.eval_tasks or (job.env.kwargs.get("tasks_dir", "") if job.env.name == "swe" else "")
+    manifest = build_mt(BuildConfig(sources=list(sources), out=str(out), tokenizer=tokenizer, seq_len=m.seq_len,
+                                    max_tokens=m.max_tokens, enhance=m.enhance, eval_tasks=eval_tasks,
+                                    decontaminate=decontaminate, upsample_pass=m.upsample_pass))
+    log.info("build-mt -> %s: kept %s, dropped %s, tokens %s, packing efficiency %s (%.0f s)", out, manifest.kept,
+             manifest.dropped, manifest.tokens, manifest.packing_efficiency, manifest.seconds)
+    return out
+
+
+def heldout_pr_loss(job: JobConfig, run: Run, model_path: str, label: str, summary: dict[str, Any]) -> None:
+    """Per-token loss of ``model_path`` on PR samples of held-out packages (never trained on)."""
+    if not job.mid_train.heldout_sources:
+        return
+    from forge_ray.data.build import subset_shards
+    from forge_ray.train.midtrain import token_loss
+
+    data = mt_data(job, run, model_path, job.mid_train.heldout_sources, "mt_heldout", decontaminate=False)
+    result = token_loss(model_path, subset_shards(data, ["py", "gen"]), job.mid_train.seq_len)
+    summary.setdefault("heldout_pr_loss", {})[label] = round(result["loss"], 4)
+    run.log("heldout_pr", len(summary["heldout_pr_loss"]), {"loss": result["loss"], "tokens": result["tokens"]})
+    log.info("held-out PR loss (%s): %.4f over %d tokens", label, result["loss"], result["tokens"])
+
+
 def _done(run: Run, stage: str) -> str | None:
     """A stage's model folder when a resumed run already finished it, else None."""
     path = run.dir / "checkpoints" / stage
@@ -124,9 +177,15 @@ def run_job(job: JobConfig, resume_dir: str | None = None) -> dict[str, Any]:
     init_ray(job)
     summary: dict[str, Any] = {"run_dir": str(run.dir), "device": device, "mode": job.run.mode}
     model = _done(run, "base") or base_model(job, run)
+    heldout_pr_loss(job, run, model, "base", summary)
+    if job.mid_train.enabled:
+        model = _done(run, "mid_train") or midtrain_stage(job, run, model, device)
+        summary["mid_train_checkpoint"] = model
+        heldout_pr_loss(job, run, model, "mid_train", summary)
     if job.sft.enabled:
         model = _done(run, "sft") or sft_stage(job, run, model, device)
         summary["sft_checkpoint"] = model
+        heldout_pr_loss(job, run, model, "sft", summary)
     if job.run.steps > 0:
         summary.update(asyncio.run(run_rl(job, run, model, device)))
     summary["wall_seconds"] = round(time.time() - t0, 1)

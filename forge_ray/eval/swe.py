@@ -49,6 +49,7 @@ class SweEvalConfig:
     max_context: int = 8192
     kv_cache_mb: int = 2048
     device: str = "auto"
+    episodes: str | None = None  # --model: write every episode (messages, resolved) here as JSONL
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,22 @@ def model_rows(cfg: SweEvalConfig, tasks: list[Any]) -> list[Row]:
     on_batch = (lambda done, trajs: progress(done, sum(t.reward is not None and t.reward.total == 1.0 for t in trajs) / len(trajs)))
     trajs = asyncio.run(play_policy(spec, factory("swe", _env_kwargs(cfg)), tasks, batch=cfg.batch, on_batch=on_batch))
     by_id = {t.id: t for t in tasks}
-    return [_row(by_id[tr.task_id], tr.reward, tr.status.value, len(tr.turns)) for tr in trajs]
+    rows = [_row(by_id[tr.task_id], tr.reward, tr.status.value, len(tr.turns)) for tr in trajs]
+    if cfg.episodes:
+        write_episodes(cfg.episodes, trajs, rows)
+    return rows
+
+
+def write_episodes(path: str, trajs: list[Any], rows: list[Row]) -> None:
+    """Each episode as one JSON line (``task_id``, ``package``, ``resolved``, ``status``,
+    ``reward``, ``messages``): environment-native trajectories for mid-training
+    (``forge-ray data build-mt episodes:FILE``)."""
+    with open(path, "w") as f:
+        for i, (tr, row) in enumerate(zip(trajs, rows)):
+            f.write(json.dumps({"task_id": row.task_id, "sample": i, "package": row.package, "resolved": row.resolved,
+                                "status": row.status, "reward": tr.reward.total if tr.reward else None,
+                                "messages": tr.messages}) + "\n")
+    log.info("wrote %d episodes to %s", len(rows), path)
 
 
 def summarize(cfg: SweEvalConfig, rows: list[Row], wall: float) -> dict[str, Any]:
@@ -193,6 +209,7 @@ def add_swe_parser(eval_sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--split", default="heldout", choices=["train", "heldout"])
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N tasks of the split")
     p.add_argument("--out", default=None, metavar="FILE.json", help='write {"n", "pass_rate", "per_task"} here')
+    p.add_argument("--episodes", default=None, metavar="FILE.jsonl", help="--model: write every episode here (mid-training data)")
     p.add_argument("--backend", default="auto", choices=["auto", "bwrap", "process"], help="sandbox backend")
     p.add_argument("--step-limit", type=int, default=30, help="turns per episode")
     p.add_argument("--command-timeout-s", type=float, default=60.0, help="limit of one bash command")
