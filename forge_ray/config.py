@@ -123,6 +123,8 @@ class LearnerConfig:
     eps_high: float = 0.28  # upper PPO clip (1 + eps_high), asymmetric as in DAPO
     tis_cap: float = 2.0  # truncated importance-sampling cap C on pi_train / pi_infer (0 disables)
     drop_zero_variance: bool = True  # drop groups whose rewards are all equal (no signal)
+    epochs: int = 1  # PPO passes over each RL batch (ratios against the policy before the update)
+    mini_batches: int = 1  # optimizer steps per pass: the batch's groups split into this many mini-batches (a group never split)
 
 
 @dataclass(frozen=True)
@@ -219,8 +221,15 @@ def build_job(sections: dict[str, Any], source: str = "<dict>") -> JobConfig:
         built[name] = cls(**values)
     job = JobConfig(**built)
     _check_tiny_shape(job.model, source)
+    _check_learner(job.learner, source)
     _check_tiny_context(job, source)
     return job
+
+
+def _check_learner(learner: LearnerConfig, source: str) -> None:
+    for key in ("epochs", "mini_batches"):
+        if getattr(learner, key) < 1:
+            raise ConfigError(f"{source}: learner.{key} must be >= 1, got {getattr(learner, key)}")
 
 
 def _check_tiny_context(job: JobConfig, source: str) -> None:

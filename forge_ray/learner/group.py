@@ -30,7 +30,7 @@ def merge_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
             out[key] = sum(values)
         elif key == "seconds":
             out[key] = max(values)
-        elif key in ("loss", "grad_norm", "lr"):
+        elif key in ("loss", "grad_norm", "lr", "ppo_steps"):  # the same on every rank, or a share of a global figure
             out[key] = sum(values) / len(values)
         else:
             out[key] = sum(m[key] * m["tokens"] for m in per_rank) / total

@@ -1,7 +1,9 @@
 """FSDPWorker: one rank of the RL learner (a plain class; ``LearnerGroup`` makes it remote).
 
 ``train_step`` fetches its shard of trajectories from the object store, recomputes token
-logprobs under the current weights and takes one AdamW step on Klear's revised GRPO loss.
+logprobs under the current weights and takes AdamW steps on Klear's revised GRPO loss: one per
+batch by default, or PPO-style ``learner.epochs`` passes of ``learner.mini_batches`` steps each
+against the logprobs of the policy before the update (``old_logp``).
 ``export_weights`` gathers the full weights and puts them into the object store in buckets
 for the engines.
 """
@@ -16,11 +18,12 @@ from forge_ray.config import LearnerConfig
 log = logging.getLogger(__name__)
 
 
-def pad_batch(trajs: list[Any], advantages: list[Any]) -> dict[str, Any]:
-    """Right-pad trajectories into tensors: tokens, loss mask, engine logprobs, advantages.
+def pad_batch(trajs: list[Any], advantages: list[Any], old_logp: list[Any] | None = None) -> dict[str, Any]:
+    """Right-pad trajectories into tensors: tokens, loss mask, engine logprobs, advantages, and
+    with ``old_logp`` (one 1-D tensor per trajectory) the pre-update trainer logprobs.
 
     An advantage is a float (the whole trajectory) or a list with one value per turn, spread
-    over that turn's tokens. Shapes: tokens/mask/infer_logp/advantages (B, T).
+    over that turn's tokens. Shapes: tokens/mask/infer_logp/advantages/old_logp (B, T).
     """
     import torch
 
@@ -40,7 +43,17 @@ def pad_batch(trajs: list[Any], advantages: list[Any]) -> dict[str, Any]:
                 adv[i, turn.start : turn.end] = a
         else:
             adv[i, :n] = advantages[i]
-    return {"tokens": tokens, "mask": mask, "infer_logp": infer, "advantages": adv}
+    out = {"tokens": tokens, "mask": mask, "infer_logp": infer, "advantages": adv}
+    if old_logp is not None:
+        out["old_logp"] = torch.zeros(B, T)
+        for i, lp in enumerate(old_logp):
+            out["old_logp"][i, : len(lp)] = lp
+    return out
+
+
+def _chunks(trajs: list[Any], advs: list[Any], old: list[Any] | None, size: int) -> list[tuple]:
+    """Micro-batches of ``size`` trajectories: ``pad_batch`` arguments."""
+    return [(trajs[i : i + size], advs[i : i + size]) + (() if old is None else (old[i : i + size],)) for i in range(0, len(trajs), size)]
 
 
 class FSDPWorker:
@@ -80,8 +93,9 @@ class FSDPWorker:
         return self.cfg.lr * min(1.0, (self.step + 1) / warm) if warm else self.cfg.lr
 
     def train_step(self, items: list[tuple[list[Any], float]], num_tokens: float) -> dict[str, float]:
-        """One optimizer step on ``items`` = [([ObjectRef of Trajectory], advantage)].
-        ``num_tokens`` is the loss-token count of the whole batch over all ranks."""
+        """Update on ``items`` = [([ObjectRef of Trajectory], advantage)]: one optimizer step, or
+        ``epochs`` x ``mini_batches`` PPO steps. ``num_tokens`` is the loss-token count of the
+        whole batch over all ranks. Metrics are averaged over the steps; ``ppo_steps`` counts them."""
         import ray
         import torch
         import torch.distributed as dist
@@ -97,49 +111,108 @@ class FSDPWorker:
         except ObjectLostError as e:  # agreed on below, so no rank is left alone in a collective
             trajs, lost = [], type(e).__name__
         advs = [a for _, a in items]
-        mb = self.cfg.micro_batch
-        chunks = [(trajs[i : i + mb], advs[i : i + mb]) for i in range(0, len(trajs), mb)]
+        chunks = _chunks(trajs, advs, None, self.cfg.micro_batch)
         # Every rank must run the same number of forward/backward passes (FSDP collectives).
         agreed = torch.tensor([len(chunks), int(bool(lost))])
         dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
         if agreed[1]:
             raise TrajectoriesLost(f"rank {self.rank}: {lost or 'another rank'} lost trajectories of this batch; no update made")
-        n = agreed[0]
         sums: dict[str, float] = {}
-        for i in range(int(n)):
-            batch = chunks[i] if i < len(chunks) else None
-            self._micro_step(batch, num_tokens, sums)
+        if self.cfg.epochs == 1 and self.cfg.mini_batches == 1:
+            # One update per batch: pi_old is the current policy (ratio 1, gradient intact), so
+            # it needs no pass of its own; the engine's logprobs enter only through TIS.
+            self._accumulate(chunks, int(agreed[0]), num_tokens, sums)
+            norms = [self._optimizer_step()]
+        else:
+            norms = self._ppo_steps(trajs, advs, chunks, int(agreed[0]), sums)
+        self.step += 1
+        toks = sums.pop("tokens", 0.0)  # summed over every step: each epoch counts each token once
+        # Per-token means on this rank over all steps; LearnerGroup merges ranks (token-weighted,
+        # and the mean of ``loss``, which each rank holds as W * its share of the global loss).
+        metrics = {k: v / max(toks, 1.0) for k, v in sums.items() if k != "loss_sum"}
+        metrics.update(loss=sums.get("loss_sum", 0.0) / len(norms), grad_norm=sum(norms) / len(norms), lr=self._lr(),
+                       tokens=toks / self.cfg.epochs, seconds=time.perf_counter() - t0, sequences=float(len(trajs)),
+                       ppo_steps=float(len(norms)))
+        return metrics
+
+    def _ppo_steps(self, trajs: list[Any], advs: list[Any], chunks: list[tuple], n: int, sums: dict[str, float]) -> list[float]:
+        """PPO updates: ``old_logp`` of every trajectory under the policy before any step, then
+        ``epochs`` passes over the batch in mini-batches of whole groups, one optimizer step
+        each, normalised by the mini-batch's own loss tokens over all ranks. Returns grad norms."""
+        import torch.distributed as dist
+
+        from forge_ray.learner.minibatch import schedule
+
+        gathered: list[Any] = [None] * self.world_size  # every rank's (group id, loss tokens) per item
+        dist.all_gather_object(gathered, [(t.group_id, t.num_sampled) for t in trajs])
+        old = self._old_logprobs(chunks, n)
+        mb, norms = self.cfg.micro_batch, []
+        for part in schedule(gathered, self.rank, self.cfg.mini_batches, self.cfg.epochs, self.step, mb):
+            sub = _chunks([trajs[i] for i in part.items], [advs[i] for i in part.items], [old[i] for i in part.items], mb)
+            self._accumulate(sub, part.micro_steps, part.tokens, sums)
+            norms.append(self._optimizer_step())
+        return norms
+
+    def _old_logprobs(self, chunks: list[tuple], n: int) -> list[Any]:
+        """Token logprobs of every trajectory under the current weights, without gradient, one
+        CPU tensor per trajectory (``n`` passes, the same on every rank)."""
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for i in range(n):
+                batch = chunks[i] if i < len(chunks) else None
+                _, logp = self._forward(self._device_batch(batch)["tokens"])
+                if batch is not None:
+                    out += [logp[j, : len(t.tokens)].cpu() for j, t in enumerate(batch[0])]
+        return out
+
+    def _accumulate(self, chunks: list[tuple], n: int, num_tokens: float, sums: dict[str, float]) -> None:
+        """``n`` forward/backward passes over ``chunks``; a rank with fewer chunks still joins
+        the collectives with empty ones."""
+        for i in range(n):
+            self._micro_step(chunks[i] if i < len(chunks) else None, num_tokens, sums)
+
+    def _optimizer_step(self) -> float:
+        """Set the learning rate, clip the global gradient norm, step, clear; returns the norm."""
+        import torch
+
         for g in self.optimizer.param_groups:
             g["lr"] = self._lr()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        toks = sums.pop("tokens", 0.0)
-        # Per-token means on this rank; LearnerGroup merges ranks (token-weighted, and the
-        # mean of ``loss``, which each rank holds as W * its share of the global loss).
-        metrics = {k: v / max(toks, 1.0) for k, v in sums.items() if k != "loss_sum"}
-        metrics.update(loss=sums.get("loss_sum", 0.0), grad_norm=float(grad_norm), lr=self._lr(), tokens=toks, seconds=time.perf_counter() - t0, sequences=float(len(trajs)))
-        return metrics
+        return float(grad_norm)
 
-    def _micro_step(self, batch: tuple[list, list] | None, num_tokens: float, sums: dict[str, float]) -> None:
+    def _device_batch(self, batch: tuple | None) -> dict[str, Any]:
         import torch
-
-        from forge_ray.learner.loss import entropy_from_logits, grpo_loss, token_logprobs
 
         dev = "cuda" if self.device == "cuda" else "cpu"
         if batch is None:  # a rank with less data still joins the collectives, with zero loss
             data = {"tokens": torch.zeros(1, 2, dtype=torch.long), "mask": torch.zeros(1, 2), "infer_logp": torch.zeros(1, 2), "advantages": torch.zeros(1, 2)}
         else:
             data = pad_batch(*batch)
-        data = {k: v.to(dev) for k, v in data.items()}
-        logits = self.model(input_ids=data["tokens"]).logits.float() / self.temperature
-        logp = token_logprobs(logits, data["tokens"])
-        # One update per batch: pi_old is the current policy (ratio 1, gradient intact); the
-        # engine's logprobs enter only through truncated importance sampling.
+        return {k: v.to(dev) for k, v in data.items()}
+
+    def _forward(self, tokens: Any) -> tuple[Any, Any]:
+        from forge_ray.learner.loss import token_logprobs
+
+        logits = self.model(input_ids=tokens).logits.float() / self.temperature
+        return logits, token_logprobs(logits, tokens)
+
+    def _micro_step(self, batch: tuple | None, num_tokens: float, sums: dict[str, float]) -> None:
+        import torch
+
+        from forge_ray.learner.loss import entropy_from_logits, grpo_loss
+
+        data = self._device_batch(batch)
+        logits, logp = self._forward(data["tokens"])
+        # pi_old: the pre-update logprobs when the batch has them (PPO steps), else the current
+        # policy (a single update: ratio 1). The engine's logprobs enter only through TIS.
+        old = data.get("old_logp", logp.detach())
         loss, m = grpo_loss(
-            logp, logp.detach(), data["infer_logp"], data["advantages"], data["mask"],
+            logp, old, data["infer_logp"], data["advantages"], data["mask"],
             eps_low=self.cfg.eps_low, eps_high=self.cfg.eps_high, tis_cap=self.cfg.tis_cap,
             num_tokens=num_tokens / self.world_size,  # FSDP averages gradients over ranks
         )
@@ -147,7 +220,7 @@ class FSDPWorker:
         k = float(data["mask"].sum())
         with torch.no_grad():
             ent = (entropy_from_logits(logits) * data["mask"]).sum().item()
-            mismatch = ((logp.detach() - data["infer_logp"]).abs() * data["mask"]).sum().item()
+            mismatch = ((old - data["infer_logp"]).abs() * data["mask"]).sum().item()  # trainer before the update vs engine
         for name in ("clip_frac", "ratio_mean", "tis_mean", "tis_clip_frac", "approx_kl"):
             sums[name] = sums.get(name, 0.0) + m[name] * k
         sums["loss_sum"] = sums.get("loss_sum", 0.0) + float(loss.detach())  # already divided by num_tokens / W
