@@ -205,6 +205,9 @@ def print_summary(summary: dict[str, Any]) -> None:
             ("trajectories / s", summary.get("trajectories_per_s")), ("rollout idle fraction", summary.get("rollout_idle_frac")),
             ("learner idle fraction", summary.get("learner_idle_frac")), ("weight sync s (mean)", summary.get("sync_seconds_mean")),
             ("wall seconds", summary.get("wall_seconds")), ("peak RSS GB", summary.get("peak_rss_gb"))]
+    if summary.get("heldout_pr_loss"):
+        losses = summary["heldout_pr_loss"]
+        rows.insert(0, (f"held-out PR loss ({' -> '.join(losses)})", " -> ".join(f"{v:.3f}" for v in losses.values())))
     width = max(len(k) for k, _ in rows)
     print("\n" + "-" * (width + 16))
     for k, v in rows:

@@ -51,6 +51,19 @@ def _present(package: str, out_dir: Path) -> dict[str, Path]:
     return found
 
 
+def _sdist(package: str, version: str, out_dir: Path) -> tuple[Path | None, str]:
+    """``package==version``'s sdist in ``out_dir``, downloaded unless already there; (None, why) if none."""
+    from packaging.version import Version
+
+    key = str(Version(version))
+    path = _present(package, out_dir).get(key)
+    if path is not None:
+        return path, ""
+    p = _pip("download", "--no-deps", "--no-binary", ":all:", "-d", str(out_dir), f"{package}=={version}")
+    path = _present(package, out_dir).get(key) if p.returncode == 0 else None
+    return path, (p.stderr or "").strip()[-300:]
+
+
 def fetch_releases(package: str, n: int, out_dir: str | Path) -> list[Path]:
     """The sdists of the last ``n`` final releases of ``package`` that have one, downloaded into
     ``out_dir`` unless already there; oldest first. Raises RuntimeError when the index cannot be
@@ -63,15 +76,10 @@ def fetch_releases(package: str, n: int, out_dir: str | Path) -> list[Path]:
     for version in available_versions(package):
         if len(got) >= n:
             break
-        key = str(Version(version))
-        path = _present(package, out_dir).get(key)
+        path, why = _sdist(package, version, out_dir)
         if path is None:
-            p = _pip("download", "--no-deps", "--no-binary", ":all:", "-d", str(out_dir), f"{package}=={version}")
-            path = _present(package, out_dir).get(key) if p.returncode == 0 else None
-            if path is None:
-                print(f"fetch-releases: {package} {version}: no sdist ({(p.stderr or '').strip()[-200:]})",
-                      file=sys.stderr)
-                continue
+            print(f"fetch-releases: {package} {version}: no sdist ({why[-200:]})", file=sys.stderr)
+            continue
         got.append((Version(version), path))
     return [path for _, path in sorted(got)]
 
@@ -86,13 +94,9 @@ def fetch_versions(package: str, versions: list[str], out_dir: str | Path) -> li
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for version in sorted({v.strip() for v in versions if v.strip()}, key=Version):
-        key = str(Version(version))
-        path = _present(package, out_dir).get(key)
+        path, why = _sdist(package, version, out_dir)
         if path is None:
-            p = _pip("download", "--no-deps", "--no-binary", ":all:", "-d", str(out_dir), f"{package}=={version}")
-            path = _present(package, out_dir).get(key) if p.returncode == 0 else None
-            if path is None:
-                raise RuntimeError(f"{package}=={version}: no source distribution ({(p.stderr or '').strip()[-300:]})")
+            raise RuntimeError(f"{package}=={version}: no source distribution ({why})")
         paths.append(path)
     return paths
 

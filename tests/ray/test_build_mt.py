@@ -50,7 +50,20 @@ def sources(tmp_path):
     convo = [{"role": "user", "content": "fix the bug in total()"}, {"role": "assistant", "content": "THOUGHT: look\n```bash\nls\n```"}]
     episodes.write_text("".join(json.dumps({"task_id": f"t{i}", "package": "stats", "resolved": i == 0, "messages": convo + [
         {"role": "user", "content": f"<returncode>{i}</returncode><output>run {i}</output>"}]}) + "\n" for i in range(2)))
-    return repo, twin, episodes
+    davinci = tmp_path / "davinci.parquet"  # a row of daVinci-Dev's released schema, plus a column it has and we ignore
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    old, new = "def area(w, h):\n    return w + h\n", "def area(w, h):\n    return w * h\n"
+    pq.write_table(pa.Table.from_pylist([{
+        "repo_name": "org/geometry", "repo_description": "shapes", "related_issue": {"title": "area is wrong", "body": "2x3 gives 5",
+                                                                                    "comments": ["confirmed"]},
+        "title": "Fix area", "body": "multiply", "pr_summary": "Area multiplied the sides instead of adding them.",
+        "relevant_files": [{"path": "geo.py", "content": old}],
+        "commits": [{"message": "fix area", "refined_message": "Multiply width by height in area()",
+                     "diffs": [{"path": "geo.py", "patch": "@@ -1,2 +1,2 @@\n def area(w, h):\n-    return w + h\n+    return w * h"}]}],
+        "stars": 12}]), davinci)
+    return repo, twin, episodes, davinci
 
 
 def test_build_mt_filters_decontaminates_dedups_and_packs(ray_cluster, tiny_model, sources, tmp_path):
@@ -59,9 +72,9 @@ def test_build_mt_filters_decontaminates_dedups_and_packs(ray_cluster, tiny_mode
     from forge_ray.data.build import BuildConfig, build_mt
     from forge_ray.data.pack import position_ids
 
-    repo, twin, episodes = sources
+    repo, twin, episodes, davinci = sources
     out = tmp_path / "mt"
-    manifest = build_mt(BuildConfig(sources=[f"git:{repo}", f"git:{twin}", f"episodes:{episodes}"], out=str(out),
+    manifest = build_mt(BuildConfig(sources=[f"git:{repo}", f"git:{twin}", f"episodes:{episodes}", f"parquet:{davinci}"], out=str(out),
                                     tokenizer=tiny_model, seq_len=512, upsample_pass=3))
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["kept"] == manifest.kept and on_disk["dropped"] == manifest.dropped
@@ -70,7 +83,8 @@ def test_build_mt_filters_decontaminates_dedups_and_packs(ray_cluster, tiny_mode
     assert dropped.get("gen:contaminated") == 2 and dropped.get("py:contaminated") == 2  # the pasted HumanEval problem
     # kept: the initial commit (a PR-like unit of the linear root) and "Return 0.0 ...", in both
     # formats, each replay-checked; the fork's copies of both are near-duplicates
-    assert manifest.kept["gen"] == manifest.kept["py"] == {f"git:{repo}": 2}
+    assert manifest.kept["gen"] == manifest.kept["py"] == {f"git:{repo}": 2, f"parquet:{davinci}": 1}
+    assert manifest.read[f"parquet:{davinci}"] == 1
     assert dropped.get("gen:near_duplicate") == 2 and dropped.get("py:near_duplicate") == 2
     assert manifest.env_labels == {"pass": 1, "fail": 1}
     assert manifest.kept["env"] == {f"episodes:{episodes}": 2}
