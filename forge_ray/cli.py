@@ -4,7 +4,7 @@
     forge-ray submit jobs/quickstart.yaml --address http://HEAD:8265 [--set ...] [--follow | --no-wait | --print-only]
     forge-ray make-tiny-model OUT_DIR [--seed 0]
     forge-ray doctor
-    forge-ray eval bfcl (--model DIR | --gold) [--categories simple_python,...] [--limit N] [--out FILE.json]
+    forge-ray eval bfcl (--model DIR | --gold | --empty) [--categories simple_python,...] [--limit N] [--out FILE.json] [--bfcl-root DIR]
     forge-ray prepare-model smollm2 OUT_DIR
     forge-ray sandbox run [--backend auto|bwrap|process|container] [--timeout S] [--memory-mb M] [--workdir DIR] -- CMD ARGS...
     forge-ray swe make-tasks PACKAGE[==VERSION]|DIR ... --out DIR [--heldout PKG ...] [--max-per-package N] [--seed S]

@@ -8,21 +8,31 @@
   ``<tool_call>`` parsing and the env's scoring are exactly the ones RL uses -- or
 - with ``gold``, replays each task's possible answers (first allowed value of every argument,
   rendered as forge_ray ``<tool_call>`` text) through the same parsing and checker, with no
-  model: a check of the evaluation path itself.
+  model: a check of the evaluation path itself; or
+- with ``empty``, replays an empty answer (no call) for every task: 0 on the AST categories,
+  1 on ``irrelevance``.
 
 Accuracy is the env's ``correct`` part: BFCL's verdict (the official AST checker for the AST
 categories; no call made for ``irrelevance``). Output: a table on stdout and a JSON file
 ``{category: {"accuracy": float, "n": int}}``; ``details`` adds one JSON line per task.
+
+``bfcl_root`` also writes BFCL's own result files, which ``bfcl evaluate`` re-scores:
+``<root>/result/<model dir>/non_live/BFCL_v4_<category>_result.json``, one
+``{"id", "result"}`` line per task, laid out as BFCL's generation step writes them for a
+*prompting* model (see ``write_bfcl_results`` and ``bfcl_answer``).
 """
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
+import keyword
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from forge_ray.types import Task, Trajectory
 
@@ -36,6 +46,7 @@ class BfclEvalConfig:
     categories: tuple[str, ...]
     model: str | None = None  # a Hugging Face folder vLLM can serve; None with gold=True
     gold: bool = False  # replay the possible answers instead of generating
+    empty: bool = False  # replay an empty answer (no call) for every task
     limit: int | None = None  # the first N tasks of each category
     out: str | None = None  # the JSON summary file
     details: str | None = None  # one JSON line per task (output text, verdict)
@@ -45,6 +56,8 @@ class BfclEvalConfig:
     kv_cache_mb: int = 2048
     dtype: str | None = None  # default: float32 on CPU, bfloat16 on CUDA
     device: str = "auto"
+    bfcl_root: str | None = None  # also write BFCL result files under <bfcl_root>/result/
+    bfcl_model_name: str | None = None  # BFCL registry name they are filed under (default BFCL_MODEL_NAME)
 
 
 @dataclass(frozen=True)
@@ -69,23 +82,35 @@ def _verdict_error(env: Any, task: Task, text: str) -> str | None:
     return None if verdict["valid"] else (verdict["parse_error"] or verdict["error"] or verdict["error_type"])
 
 
-def gold_results(tasks: list[Task]) -> list[TaskResult]:
-    """Each task's gold answer through ``parse_action`` -> ``env.step`` -> ``env.score``."""
+def replay_results(tasks: list[Task], answer: Callable[[Task], str]) -> list[TaskResult]:
+    """Each task's ``answer(task)`` through ``parse_action`` -> ``env.step`` -> ``env.score``,
+    as the agent loop would send a model's turn."""
     from envs import make_env
-    from envs.function_calling.gold import gold_text
     from forge_ray.chat import parse_action
 
     results = []
     for task in tasks:
         env = make_env("function_calling")
         env.open(task)
-        text = gold_text(task)
+        text = answer(task)
         env.step(parse_action(text))
         reward = env.score(task, [*task.messages, {"role": "assistant", "content": text}])
         correct = reward.error is None and reward.parts.get("correct") == 1.0
         results.append(TaskResult(task.id, task.meta["category"], correct, reward.parts.get("format") == 1.0, "ok", text,
                                   reward.error or (None if correct else _verdict_error(env, task, text))))
     return results
+
+
+def gold_results(tasks: list[Task]) -> list[TaskResult]:
+    """Each task's gold answer (``envs.function_calling.gold.gold_text``), replayed."""
+    from envs.function_calling.gold import gold_text
+
+    return replay_results(tasks, gold_text)
+
+
+def empty_results(tasks: list[Task]) -> list[TaskResult]:
+    """An empty assistant turn for every task: no call (right only on ``irrelevance``)."""
+    return replay_results(tasks, lambda task: "")
 
 
 def _result(env: Any, task: Task, traj: Trajectory) -> TaskResult:
@@ -115,6 +140,171 @@ def model_results(cfg: BfclEvalConfig, tasks: list[Task]) -> list[TaskResult]:
     return [_result(env, by_id[t.task_id], t) for t in trajs]
 
 
+# -- BFCL's own result files ---------------------------------------------------------------------
+#
+# ``bfcl evaluate`` (bfcl_eval/eval_checker/eval_runner.py) walks ``$BFCL_PROJECT_ROOT/result/``:
+# every sub-folder is a model, named after its registry key with "/" written as "_" (and read
+# back the other way, so a key with "_" in it cannot be evaluated); inside it, any file matching
+# ``BFCL_v4_*_result.json``, at any depth, holds one JSON object per line, ``{"id", "result"}``
+# (BFCL's generation step adds token counts and latency, which evaluation only averages). Each
+# ``result`` goes through the model's handler's ``decode_ast`` and then the AST checker (or, for
+# ``irrelevance``, "did it decode to at least one call"); scores land in
+# ``$BFCL_PROJECT_ROOT/score/<model>/non_live/BFCL_v4_<category>_score.json``, whose first line
+# is ``{"accuracy", "correct_count", "total_count"}``.
+#
+# No handler of BFCL reads forge_ray's chat format (Hermes blocks without newlines:
+# ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``; BFCL's Hermes-style handlers need
+# ``<tool_call>\n...\n</tool_call>`` or read only the first block), so the files are written for a
+# *prompting* model, whose answers are Python call lists decoded by BFCL's
+# ``default_decode_ast_prompting`` -- the syntax forge_ray's own parser also reads
+# (``envs/function_calling/parsing.py``). ``BFCL_MODEL_NAME`` is a registered prompt-mode model
+# whose handler keeps that decoder and whose checker entry keeps dotted function names
+# (``underscore_to_dot`` False), as forge_ray's checker does.
+
+BFCL_MODEL_NAME = "Qwen/Qwen3-0.6B"
+# Handlers (bfcl-eval 2026.3.23) that inherit OSSHandler.decode_ast, i.e. default_decode_ast_prompting.
+PROMPT_DECODER_HANDLERS = ("QwenHandler", "LlamaHandler", "GemmaHandler")
+BFCL_RESULT_GROUP = "non_live"  # BFCL's folder for every category forge_ray supports
+# A called name that is not a Python (dotted) name cannot be written as a call: it is written as
+# this one, which no BFCL function has, so the call still counts as a (wrong) call.
+UNRENDERABLE_NAME = "forge_ray.unrenderable_function_name"
+
+
+def bfcl_model_dir(model_name: str) -> str:
+    """The result/score folder BFCL uses for a registry name."""
+    return model_name.replace("/", "_")
+
+
+def _registry(path: Path) -> dict[str, tuple[str | None, bool, bool]] | None:
+    """``{name: (handler class, is_fc_model, underscore_to_dot)}`` read from BFCL's
+    model_config.py source (it cannot be imported without every API client); None when the file
+    is not there."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return None
+    found: dict[str, tuple[str | None, bool, bool]] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Dict):
+            continue
+        for key, value in zip(node.keys, node.values):
+            if (isinstance(key, ast.Constant) and isinstance(key.value, str) and isinstance(value, ast.Call)
+                    and getattr(value.func, "id", None) == "ModelConfig"):
+                kw = {k.arg: k.value for k in value.keywords}
+
+                def flag(name: str, default: bool) -> bool:
+                    node = kw.get(name)
+                    return bool(node.value) if isinstance(node, ast.Constant) else default
+
+                # ModelConfig's defaults: is_fc_model=True, underscore_to_dot=False
+                found[key.value] = (getattr(kw.get("model_handler"), "id", None), flag("is_fc_model", True),
+                                    flag("underscore_to_dot", False))
+    return found or None
+
+
+def check_bfcl_model_name(model_name: str) -> None:
+    """Raise ``ValueError`` unless ``bfcl evaluate`` would decode files filed under
+    ``model_name`` with its prompting decoder (see the comment above ``BFCL_MODEL_NAME``)."""
+    if "_" in model_name:
+        raise ValueError(f"BFCL model name {model_name!r} contains '_': BFCL reads result folder names back with '_' -> '/'")
+    from envs.function_calling.bfcl_data import data_dir
+
+    registry = _registry(data_dir().parent / "constants" / "model_config.py")
+    if registry is None:
+        return  # the installed bfcl-eval keeps its registry elsewhere: nothing to check against
+    if model_name not in registry:
+        raise ValueError(f"{model_name!r} is not in the installed bfcl-eval's model registry (default: {BFCL_MODEL_NAME})")
+    handler, is_fc, underscore_to_dot = registry[model_name]
+    if underscore_to_dot:
+        raise ValueError(f"{model_name!r} has BFCL check dotted function names with '_' (underscore_to_dot); "
+                         f"forge_ray keeps them as they are (default: {BFCL_MODEL_NAME})")
+    if is_fc or handler not in PROMPT_DECODER_HANDLERS:
+        raise ValueError(f"{model_name!r} is {'an FC' if is_fc else 'a prompt'} model handled by {handler}; forge_ray's "
+                         f"result files need a prompt-mode model handled by one of {', '.join(PROMPT_DECODER_HANDLERS)} "
+                         f"(default: {BFCL_MODEL_NAME})")
+
+
+def _is_identifier(name: Any) -> bool:
+    # ASCII only: the parser NFKC-normalises other identifiers, which would change the name.
+    return isinstance(name, str) and name.isascii() and name.isidentifier() and not keyword.iskeyword(name)
+
+
+def _literal(value: Any) -> str:
+    """Python source of a JSON value that ``ast`` (and BFCL's decoder) reads back unchanged."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"float({str(value)!r})"  # no literal exists; BFCL reads the call as a string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def python_call_list(calls: list[Any]) -> str:
+    """``[f(a=1), mod.g(b='x')]``: calls in the syntax BFCL's prompting models answer in.
+
+    Arguments whose names are not Python identifiers go into a trailing ``**{...}`` (BFCL's
+    decoder files them under the name ``None``: an unexpected argument, as forge_ray's checker
+    also finds them); a function name that is not a dotted Python name becomes
+    ``UNRENDERABLE_NAME``."""
+    rendered = []
+    for call in calls:
+        name = call.name if isinstance(call.name, str) and all(_is_identifier(p) for p in call.name.split(".")) else UNRENDERABLE_NAME
+        args = [f"{k}={_literal(v)}" for k, v in call.arguments.items() if _is_identifier(k)]
+        other = {k: v for k, v in call.arguments.items() if not _is_identifier(k)}
+        if other:
+            args.append("**" + _literal(other))
+        rendered.append(f"{name}({', '.join(args)})")
+    return "[" + ", ".join(rendered) + "]"
+
+
+def bfcl_answer(text: str) -> str:
+    """The ``result`` written for one assistant turn: the answer as a BFCL prompting model gives it.
+
+    A turn without ``<tool_call>`` tags -- Python call syntax, prose, an empty turn -- is already
+    in the prompting models' format and is written unchanged: BFCL decodes it itself. A turn in
+    forge_ray's chat format becomes the Python call list of the calls forge_ray decoded from it;
+    one that did not parse is written unchanged, which BFCL cannot decode either (both count it
+    as no call)."""
+    from envs.function_calling.parsing import parse_calls
+    from forge_ray.chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+
+    if TOOL_CALL_OPEN not in text and TOOL_CALL_CLOSE not in text:
+        return text
+    action = parse_calls(text)
+    return text if action.parse_error is not None else python_call_list(action.tool_calls)
+
+
+def write_bfcl_results(results: list[TaskResult], categories: tuple[str, ...], root: str | Path,
+                       model_name: str = BFCL_MODEL_NAME) -> list[Path]:
+    """``<root>/result/<model dir>/non_live/BFCL_v4_<category>_result.json`` for each category:
+    one ``{"id", "result"}`` line per task in task order (plus ``forge_ray_text``, the turn as
+    the model wrote it, where ``result`` differs from it). Existing files are replaced."""
+    from envs.function_calling.bfcl_data import VERSION_PREFIX
+
+    folder = Path(root) / "result" / bfcl_model_dir(model_name) / BFCL_RESULT_GROUP
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for category in categories:
+        path = folder / f"{VERSION_PREFIX}_{category}_result.json"
+        with open(path, "w", encoding="utf-8") as f:
+            for r in results:
+                if r.category != category:
+                    continue
+                line = {"id": r.task_id, "result": bfcl_answer(r.text)}
+                if line["result"] != r.text:
+                    line["forge_ray_text"] = r.text
+                f.write(json.dumps(line) + "\n")
+        paths.append(path)
+    return paths
+
+
+def bfcl_evaluate_command(root: str | Path, model_name: str, categories: tuple[str, ...], partial: bool) -> str:
+    """The shell command that has BFCL re-score the files ``write_bfcl_results`` wrote."""
+    return (f"BFCL_PROJECT_ROOT={Path(root).resolve()} bfcl evaluate --model {model_name} "
+            f"--test-category {','.join(categories)}" + (" --partial-eval" if partial else ""))
+
+
 def summarize(results: list[TaskResult], categories: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     summary = {}
     for category in categories:
@@ -134,16 +324,21 @@ def format_table(summary: dict[str, dict[str, Any]], title: str) -> str:
 
 
 def run_bfcl(cfg: BfclEvalConfig) -> dict[str, dict[str, Any]]:
-    """Run the evaluation, print the table, write ``cfg.out`` (and ``cfg.details``)."""
-    if cfg.gold == bool(cfg.model):
-        raise ValueError("give exactly one of a model folder or gold=True")
+    """Run the evaluation, print the table, write ``cfg.out`` (and ``cfg.details``, and BFCL's
+    result files under ``cfg.bfcl_root``)."""
+    if sum([bool(cfg.model), cfg.gold, cfg.empty]) != 1:
+        raise ValueError("give exactly one of a model folder, gold=True or empty=True")
+    bfcl_name = cfg.bfcl_model_name or BFCL_MODEL_NAME
+    if cfg.bfcl_root:
+        check_bfcl_model_name(bfcl_name)  # before a long model run, not after
     tasks = load_tasks(cfg.categories, cfg.limit)
     log.info("bfcl: %d tasks in %s", len(tasks), ", ".join(cfg.categories))
     t0 = time.perf_counter()
-    results = gold_results(tasks) if cfg.gold else model_results(cfg, tasks)
+    results = gold_results(tasks) if cfg.gold else empty_results(tasks) if cfg.empty else model_results(cfg, tasks)
     wall = time.perf_counter() - t0
     summary = summarize(results, cfg.categories)
-    title = f"BFCL ({'gold replay' if cfg.gold else cfg.model}; {len(tasks)} tasks, {wall:.1f} s)"
+    source = "gold replay" if cfg.gold else "empty replay" if cfg.empty else cfg.model
+    title = f"BFCL ({source}; {len(tasks)} tasks, {wall:.1f} s)"
     print(format_table(summary, title))
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
@@ -154,4 +349,8 @@ def run_bfcl(cfg: BfclEvalConfig) -> dict[str, dict[str, Any]]:
         with open(cfg.details, "w") as f:
             for r in results:
                 f.write(json.dumps(asdict(r)) + "\n")
+    if cfg.bfcl_root:
+        paths = write_bfcl_results(results, cfg.categories, cfg.bfcl_root, bfcl_name)
+        log.info("wrote %d BFCL result files under %s; re-score with: %s", len(paths), paths[0].parent if paths else cfg.bfcl_root,
+                 bfcl_evaluate_command(cfg.bfcl_root, bfcl_name, cfg.categories, partial=cfg.limit is not None))
     return summary

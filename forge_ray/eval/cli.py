@@ -1,7 +1,7 @@
 """``forge-ray eval BENCHMARK ...``: benchmark evaluations as subcommands.
 
     forge-ray eval bfcl --model DIR [--categories simple_python,multiple,...] [--limit N] --out FILE.json
-    forge-ray eval bfcl --gold --out FILE.json
+    forge-ray eval bfcl (--gold | --empty) --out FILE.json [--bfcl-root DIR [--bfcl-model-name NAME]]
     forge-ray eval tau2 --domain retail|airline --model DIR [--user-model DIR] [--limit N] --out FILE.json
     forge-ray eval tau2 --domain retail --gold --out FILE.json
     forge-ray eval swe --tasks DIR (--model DIR | --gold | --empty | --tests-only) [--limit N] --out FILE.json
@@ -32,15 +32,27 @@ def _categories(text: str) -> tuple[str, ...]:
 
 
 def _run_bfcl(args: argparse.Namespace) -> int:
-    from forge_ray.eval.bfcl import BfclEvalConfig, run_bfcl
+    from forge_ray.eval.bfcl import BFCL_MODEL_NAME, BfclEvalConfig, run_bfcl
 
-    if args.gold == bool(args.model):
-        print("forge-ray eval bfcl: give exactly one of --model DIR or --gold", file=sys.stderr)
+    if sum([bool(args.model), args.gold, args.empty]) != 1:
+        print("forge-ray eval bfcl: give exactly one of --model DIR, --gold or --empty", file=sys.stderr)
         return 2
+    if args.bfcl_model_name and not args.bfcl_root:
+        print("forge-ray eval bfcl: --bfcl-model-name needs --bfcl-root DIR", file=sys.stderr)
+        return 2
+    if args.bfcl_root:
+        from forge_ray.eval.bfcl import check_bfcl_model_name
+
+        try:
+            check_bfcl_model_name(args.bfcl_model_name or BFCL_MODEL_NAME)
+        except ValueError as e:
+            print(f"forge-ray eval bfcl: --bfcl-model-name: {e}", file=sys.stderr)
+            return 2
     run_bfcl(BfclEvalConfig(
-        categories=args.categories, model=args.model, gold=args.gold, limit=args.limit, out=args.out, details=args.details,
-        log_every=args.log_every, max_new_tokens=args.max_new_tokens, max_context=args.max_context,
-        kv_cache_mb=args.kv_cache_mb, dtype=args.dtype, device=args.device,
+        categories=args.categories, model=args.model, gold=args.gold, empty=args.empty, limit=args.limit, out=args.out,
+        details=args.details, log_every=args.log_every, max_new_tokens=args.max_new_tokens, max_context=args.max_context,
+        kv_cache_mb=args.kv_cache_mb, dtype=args.dtype, device=args.device, bfcl_root=args.bfcl_root,
+        bfcl_model_name=args.bfcl_model_name,
     ))
     return 0
 
@@ -51,6 +63,7 @@ def _add_bfcl(evsub: argparse._SubParsersAction) -> None:
     p = evsub.add_parser("bfcl", help="BFCL single-turn accuracy (official AST checker; bfcl-eval package data)")
     p.add_argument("--model", default=None, metavar="DIR", help="model folder served by vLLM (greedy, forge_ray's agent loop)")
     p.add_argument("--gold", action="store_true", help="replay the possible answers instead of a model (checks the path)")
+    p.add_argument("--empty", action="store_true", help="replay an empty answer, no call (0 on the AST categories, 1 on irrelevance)")
     p.add_argument("--categories", type=_categories, default=CATEGORIES, help=f"comma-separated (default: {','.join(CATEGORIES)})")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N tasks of each category")
     p.add_argument("--out", default=None, metavar="FILE.json", help='write {category: {"accuracy", "n"}} here')
@@ -61,6 +74,12 @@ def _add_bfcl(evsub: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-cache-mb", type=int, default=2048, help="vLLM KV cache on CPU")
     p.add_argument("--dtype", default=None, help="engine dtype (default float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--bfcl-root", default=None, metavar="DIR",
+                   help="also write BFCL's result files, DIR/result/<model>/non_live/BFCL_v4_<category>_result.json, "
+                        "for `BFCL_PROJECT_ROOT=DIR bfcl evaluate`")
+    p.add_argument("--bfcl-model-name", default=None, metavar="NAME",
+                   help="BFCL registry name the files are filed under: a prompt-mode model whose handler decodes Python "
+                        "call lists (default Qwen/Qwen3-0.6B)")
     p.set_defaults(fn=_run_bfcl)
 
 
