@@ -7,7 +7,8 @@ to daVinci-Dev's corpus.
 Runs every stage of ``forge_ray/data/build.py`` in this one process (one CPU) over the same PR
 records, timing each: read (git / sdists), filter, render (both formats, replay-checked),
 decontaminate (13-gram index of the evaluation items), tokenise + MinHash, dedup (LSH), pack.
-Prints samples per second per CPU for each stage and the CPU-hours the whole chain needs for
+Prints items per second per CPU for each stage (items = rows not yet dropped entering it; for
+read, the PR records it produces) and the CPU-hours the whole chain needs for
 daVinci-Dev's 68.6B-token PR corpus (~10M samples; the per-token cost of each stage is scaled
 by the mean sample length measured here), then the wall-clock hours on N nodes of C cores, the
 stages being embarrassingly parallel except dedup's LSH. LLM enhancement runs on accelerators
@@ -32,7 +33,8 @@ DAVINCI_SAMPLES = 10.0e6  # ~4M general + ~6M Python PRs
 def _timed(label: str, fn, items: list, timings: dict) -> list:
     t0 = time.perf_counter()
     out = [y for x in items for y in fn(x)]
-    timings[label] = {"seconds": time.perf_counter() - t0, "in": len(items), "out": len(out)}
+    live = lambda rows: sum(1 for r in rows if not (isinstance(r, dict) and r.get("drop")))  # noqa: E731
+    timings[label] = {"seconds": time.perf_counter() - t0, "in": live(items), "out": live(out)}  # rows not dropped before
     return out
 
 
@@ -85,8 +87,12 @@ def _enhance(rows: list, args: argparse.Namespace, timings: dict) -> list:
 def project(result: dict, nodes: list[int], cores: int) -> dict:
     """CPU-seconds per sample of each stage, scaled to daVinci-Dev's mean sample length."""
     scale = (DAVINCI_TOKENS / DAVINCI_SAMPLES) / max(result["mean_tokens"], 1)
-    per_sample = {k: v["seconds"] / max(v["in"], 1) * (1 if k in ("read", "filter", "dedup") else scale)
-                  for k, v in result["timings"].items() if k != "enhance"}  # enhancement runs on accelerators
+    per_sample = {}
+    for k, v in result["timings"].items():
+        if k == "enhance":  # runs on accelerators: not in the CPU figure
+            continue
+        n = v["out"] if k == "read" else v["in"]  # read: per PR record produced, not per source spec
+        per_sample[k] = v["seconds"] / max(n, 1) * (1 if k in ("read", "filter", "dedup") else scale)
     cpu_hours = sum(per_sample.values()) * DAVINCI_SAMPLES / 3600
     return {"length_scale": scale, "cpu_seconds_per_sample": per_sample, "cpu_hours": cpu_hours,
             "wall_hours": {n: cpu_hours / (n * cores) for n in nodes}}
@@ -107,10 +113,10 @@ def main() -> int:
     args.source = args.source or ["git:."]
     result = run(args)
     proj = project(result, [int(n) for n in args.nodes.split(",")], args.cores_per_node)
-    print(f"{'stage':<18}{'in':>7}{'out':>7}{'seconds':>10}{'in/s/CPU':>11}{'CPU s/sample @daVinci':>23}")
+    print(f"{'stage':<18}{'in':>7}{'out':>7}{'seconds':>10}{'items/s/CPU':>12}{'CPU s/sample @daVinci':>23}")
     for k, v in result["timings"].items():
-        rate = v["in"] / v["seconds"] if v["seconds"] else float("inf")
-        print(f"{k:<18}{v['in']:>7}{v['out']:>7}{v['seconds']:>10.2f}{rate:>11.1f}{proj['cpu_seconds_per_sample'].get(k, float('nan')):>23.4f}")
+        rate = (v["out"] if k == "read" else v["in"]) / v["seconds"] if v["seconds"] else float("inf")
+        print(f"{k:<18}{v['in']:>7}{v['out']:>7}{v['seconds']:>10.2f}{rate:>12.2f}{proj['cpu_seconds_per_sample'].get(k, float('nan')):>23.4f}")
     print(f"kept samples {result['samples']}, {result['tokens']} tokens (mean {result['mean_tokens']:.0f}); "
           f"daVinci-Dev samples are {proj['length_scale']:.2f}x as long")
     print(f"68.6B-token corpus: {proj['cpu_hours']:.0f} CPU-hours; wall hours on N nodes x {args.cores_per_node} cores: "

