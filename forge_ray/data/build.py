@@ -253,7 +253,7 @@ def _count(manifest: Manifest, rows: list[dict[str, Any]], duplicates: dict[str,
     labels: Counter = Counter()
     seen_pr: set[str] = set()
     for r in rows:
-        base = r["id"].rsplit("/", 1)[0] if r["kind"] == "pr" else r["id"]
+        base = r["id"].removesuffix("/gen").removesuffix("/py")  # one PR, two samples; repo names hold "/" too
         if base not in seen_pr:
             seen_pr.add(base)
             read[r["source"]] += 1

@@ -62,7 +62,10 @@ def sources(tmp_path):
         "relevant_files": [{"path": "geo.py", "content": old}],
         "commits": [{"message": "fix area", "refined_message": "Multiply width by height in area()",
                      "diffs": [{"path": "geo.py", "patch": "@@ -1,2 +1,2 @@\n def area(w, h):\n-    return w + h\n+    return w * h"}]}],
-        "stars": 12}]), davinci)
+        "merged": True, "stars": 12},  # from_pylist takes its columns from the first row
+        {"repo_name": "org/unmerged", "title": "WIP", "merged": False, "relevant_files": [{"path": "geo.py", "content": old}],
+         "commits": [{"message": "wip", "diffs": [{"path": "geo.py", "patch": "@@ -1,2 +1,2 @@\n def area(w, h):\n-    return w + h\n+    return 0"}]}]}]),
+        davinci)
     return repo, twin, episodes, davinci
 
 
@@ -84,7 +87,7 @@ def test_build_mt_filters_decontaminates_dedups_and_packs(ray_cluster, tiny_mode
     # kept: the initial commit (a PR-like unit of the linear root) and "Return 0.0 ...", in both
     # formats, each replay-checked; the fork's copies of both are near-duplicates
     assert manifest.kept["gen"] == manifest.kept["py"] == {f"git:{repo}": 2, f"parquet:{davinci}": 1}
-    assert manifest.read[f"parquet:{davinci}"] == 1
+    assert manifest.read[f"parquet:{davinci}"] == 2 and dropped.get("pr:not_merged") == 1
     assert dropped.get("gen:near_duplicate") == 2 and dropped.get("py:near_duplicate") == 2
     assert manifest.env_labels == {"pass": 1, "fail": 1}
     assert manifest.kept["env"] == {f"episodes:{episodes}": 2}
