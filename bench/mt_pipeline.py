@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> dict:
     cfg = build.BuildConfig(sources=args.source, out="/dev/null", tokenizer=args.tokenizer, eval_tasks=args.eval_tasks,
                             seq_len=args.seq_len)
     timings: dict = {}
-    rows = _timed("read", lambda s: list(build.read_spec(s, cfg.release_cache)), args.source, timings)
+    from forge_ray.pipeline import episode_sources
+
+    rows = _timed("read", lambda s: list(build.read_spec(s, cfg.release_cache, episode_sources())), args.source, timings)
     blocked, index = build.eval_targets(cfg)
     rows = _timed("filter", lambda r: [build.filter_pr(r, blocked)], rows, timings)
     if args.enhance:

@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from forge_ray import checkpoint
+from forge_ray import checkpoint, telemetry
 from forge_ray.checkpoint import DriverState
 from forge_ray.config import JobConfig
 from forge_ray.eval import evaluate
@@ -167,7 +167,7 @@ async def _step(job: JobConfig, run: Run, step: int, state: DriverState, rollout
     feeder.step_done()
     state.step = step
     row = _log_step(run, step, state.version, lag, plan, metrics, taken, feeder, t_start)
-    _export(row, feeder, (await buffer.stats.remote())["ready"], len(taken.groups))
+    telemetry.record_step(row, feeder.pop_token_rate(), (await buffer.stats.remote())["ready"], len(taken.groups))
     if job.run.sample_every and step % job.run.sample_every == 0:
         run.log_samples(step, _samples(taken.groups))
 
@@ -239,18 +239,3 @@ def _log_step(run: Run, step: int, version: int, lag: int, plan: Any, metrics: d
                  step, run.job.run.steps, version, row["reward_mean"], metrics.get("loss", float("nan")),
                  plan.groups_used, plan.groups_zero_variance, len(taken.stale), row["trajectories_per_s"])
     return row
-
-
-def _export(row: dict, feeder: Any, ready: int, consumed: int) -> None:
-    """The step's figures as Ray dashboard metrics (Prometheus)."""
-    from forge_ray import telemetry
-
-    telemetry.record("policy_version", row["version"])
-    telemetry.record("staleness", row["staleness_max"])
-    telemetry.record("reward_mean", row["reward_mean"])
-    telemetry.record("buffer_ready_groups", ready)
-    telemetry.record("rollout_tokens_per_s", feeder.pop_token_rate())
-    telemetry.count("prompts_consumed", consumed)
-    for name, key in (("learner_step_seconds", "time/train"), ("weight_sync_seconds", "sync_seconds")):
-        if key in row:
-            telemetry.record(name, row[key])

@@ -126,6 +126,14 @@ def midtrain_stage(job: JobConfig, run: Run, model_path: str, device: str) -> st
     return str(out)
 
 
+def episode_sources() -> dict[str, Any]:
+    """The environment-native sources ``build-mt`` understands beyond files (``swe-experts:DIR``):
+    handed to it from here, the edge where ``envs`` may be imported."""
+    from envs.swe.tasks import expert_episodes
+
+    return {"swe-experts": expert_episodes}
+
+
 def mt_data(job: JobConfig, run: Run, tokenizer: str, sources: list, name: str, decontaminate: bool) -> Path:
     """``forge-ray data build-mt`` of ``sources`` into ``<run>/<name>`` (skipped when its manifest exists)."""
     from forge_ray.data.build import BuildConfig, build_mt
@@ -137,7 +145,7 @@ def mt_data(job: JobConfig, run: Run, tokenizer: str, sources: list, name: str, 
     eval_tasks = m.eval_tasks or (job.env.kwargs.get("tasks_dir", "") if job.env.name == "swe" else "")
     manifest = build_mt(BuildConfig(sources=list(sources), out=str(out), tokenizer=tokenizer, seq_len=m.seq_len,
                                     max_tokens=m.max_tokens, enhance=m.enhance, eval_tasks=eval_tasks,
-                                    decontaminate=decontaminate, upsample_pass=m.upsample_pass))
+                                    decontaminate=decontaminate, upsample_pass=m.upsample_pass), episode_sources())
     log.info("build-mt -> %s: kept %s, dropped %s, tokens %s, packing efficiency %s (%.0f s)", out, manifest.kept,
              manifest.dropped, manifest.tokens, manifest.packing_efficiency, manifest.seconds)
     return out

@@ -69,3 +69,16 @@ def count(name: str, value: float = 1.0, role: str = "driver") -> None:
     """Add ``value`` to counter ``forge_<name>``."""
     if value > 0:
         _safe(lambda: _metric(name).inc(float(value), tags={"role": role}))
+
+
+def record_step(row: dict, token_rate: float, ready: int, consumed: int) -> None:
+    """One RL step's figures (the driver's ``metrics.jsonl`` row) as Ray dashboard metrics."""
+    record("policy_version", row["version"])
+    record("staleness", row["staleness_max"])
+    record("reward_mean", row["reward_mean"])
+    record("buffer_ready_groups", ready)
+    record("rollout_tokens_per_s", token_rate)
+    count("prompts_consumed", consumed)
+    for name, key in (("learner_step_seconds", "time/train"), ("weight_sync_seconds", "sync_seconds")):
+        if key in row:
+            record(name, row[key])

@@ -14,7 +14,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from envs.swe.protocol import SUBMIT_COMMAND
 from forge_ray.types import Task
@@ -192,3 +192,14 @@ class SweTasks:
         from envs.swe.expert import play_expert
 
         return play_expert(task, self.env_kwargs)[1].total
+
+
+def expert_episodes(tasks_dir: str, split: str = "train", limit: int | None = None) -> Iterator[tuple[str, str, list[dict], bool]]:
+    """``(package, task id, messages, passed)`` of the scripted expert's episode on each task of
+    ``split`` (played in the sandbox once, then read from the expert cache; each replayed to
+    reward 1 when cached): environment-native mid-training data (``forge-ray data build-mt
+    swe-experts:TASKS_DIR``)."""
+    source = SweTasks(tasks_dir)
+    for row in source.rows(split)[:limit]:
+        task = source.task(row, split)
+        yield row.get("package") or row["repo"], task.id, task.messages + source.expert(task), True

@@ -26,14 +26,13 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from forge_ray.data.schema import normalize
 
 log = logging.getLogger(__name__)
 
 PR_KINDS = ("git", "releases", "pypi", "parquet")
-ENV_KINDS = ("swe-experts", "episodes")
 SUBSETS = ("gen", "py", "env")
 
 
@@ -83,8 +82,11 @@ def _pr_row(record: dict[str, Any], spec: str) -> dict[str, Any]:
             "passed": False, "data": json.dumps(record), "text": "", "dedup_key": "", "drop": ""}
 
 
-def read_spec(spec: str, release_cache: str = "data/mt_releases") -> Iterator[dict[str, Any]]:
-    """The rows one source spec yields (see the module docstring)."""
+def read_spec(spec: str, release_cache: str = "data/mt_releases",
+              episode_sources: dict[str, Callable[[str], Iterable]] | None = None) -> Iterator[dict[str, Any]]:
+    """The rows one source spec yields (see the module docstring). ``episode_sources`` maps a
+    spec kind (``swe-experts``) to a callable yielding ``(repo, key, messages, passed)`` for the
+    spec's argument: environments are handed in by the caller, never imported here."""
     from forge_ray.data import envnative, sources
 
     kind, _, arg = spec.partition(":")
@@ -100,14 +102,16 @@ def read_spec(spec: str, release_cache: str = "data/mt_releases") -> Iterator[di
         records = sources.release_prs(fetch_versions(package, versions.split(","), release_cache), package)
     elif kind == "parquet":
         records = sources.parquet_prs(arg)
-    elif kind == "swe-experts":
-        yield from ({**r, "source": spec, "text": "", "dedup_key": ""} for r in envnative.expert_episodes(arg))
+    elif kind in (episode_sources or {}):
+        for repo, key, messages, passed in episode_sources[kind](arg):
+            yield {**envnative.env_row(repo, key, messages, passed, kind), "source": spec, "text": "", "dedup_key": ""}
         return
     elif kind == "episodes":
         yield from ({**r, "source": spec, "text": "", "dedup_key": ""} for r in envnative.episode_file(arg))
         return
     else:
-        raise ValueError(f"unknown source {spec!r}: expected one of {', '.join(k + ':' for k in PR_KINDS + ENV_KINDS)}")
+        kinds = PR_KINDS + ("episodes",) + tuple(episode_sources or ())
+        raise ValueError(f"unknown source {spec!r}: expected one of {', '.join(k + ':' for k in kinds)}")
     for record in records:
         yield _pr_row(normalize(record, kind), spec)
 
@@ -270,8 +274,9 @@ def _count(manifest: Manifest, rows: list[dict[str, Any]], duplicates: dict[str,
     manifest.env_labels = dict(labels)
 
 
-def build_mt(cfg: BuildConfig) -> Manifest:
-    """Run the pipeline; writes ``<out>/<subset>/train-*.parquet`` and ``<out>/manifest.json``."""
+def build_mt(cfg: BuildConfig, episode_sources: dict[str, Callable[[str], Iterable]] | None = None) -> Manifest:
+    """Run the pipeline; writes ``<out>/<subset>/train-*.parquet`` and ``<out>/manifest.json``.
+    ``episode_sources``: see ``read_spec`` (``pipeline.episode_sources()`` gives ``swe-experts``)."""
     import ray
 
     t0 = time.time()
@@ -286,7 +291,7 @@ def build_mt(cfg: BuildConfig) -> Manifest:
     log.info("build-mt: %d sources, %d blocked repositories, %s evaluation items", len(cfg.sources), len(blocked),
              len(index) if index is not None else "no")
     ds = ray.data.from_items([{"spec": s} for s in cfg.sources], override_num_blocks=max(1, len(cfg.sources)))
-    ds = ds.flat_map(lambda r: list(read_spec(r["spec"], cfg.release_cache)))
+    ds = ds.flat_map(lambda r: list(read_spec(r["spec"], cfg.release_cache, episode_sources)))
     ds = ds.map(filter_pr, fn_kwargs={"blocked_repos": blocked})
     if cfg.enhance != "none":
         from forge_ray.data.enhance import Enhancer

@@ -16,14 +16,14 @@ import json
 def _build(args: argparse.Namespace) -> int:
     from forge_ray.data.build import BuildConfig, build_mt
     from forge_ray.config import load_job
-    from forge_ray.pipeline import init_ray
+    from forge_ray.pipeline import episode_sources, init_ray
 
     init_ray(load_job(None, [f"cluster.num_cpus={args.num_cpus}"]))
     cfg = BuildConfig(sources=args.sources, out=args.out, tokenizer=args.tokenizer, seq_len=args.seq_len,
                       max_tokens=args.max_tokens, enhance=args.enhance, eval_tasks=args.eval_tasks,
                       humaneval=not args.no_humaneval, decontaminate=not args.no_decontaminate,
                       upsample_pass=args.upsample_pass, release_cache=args.release_cache)
-    manifest = build_mt(cfg)
+    manifest = build_mt(cfg, episode_sources())
     print(json.dumps({k: getattr(manifest, k) for k in ("read", "kept", "dropped", "env_labels", "tokens", "sequences",
                                                         "packing_efficiency", "seconds")}, indent=2))
     print(f"wrote {args.out}/manifest.json")

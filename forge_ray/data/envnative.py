@@ -4,7 +4,9 @@ passing and failing both kept and labelled by the final tests, as mid-training t
 Two sources, both episodes played in ``envs/swe`` (bubblewrap sandbox, real test runs):
 
 - ``swe-experts:TASKS_DIR`` — the scripted expert's episodes on the train split (each replayed
-  to reward 1 when its cache entry was written: label "pass");
+  to reward 1 when its cache entry was written: label "pass"); the episodes come from
+  ``envs.swe.tasks.expert_episodes``, handed to ``build_mt`` by the caller (``pipeline.episode_sources``):
+  forge_ray's core does not import ``envs``;
 - ``episodes:FILE.jsonl`` — policy episodes written by ``forge-ray eval swe --model M
   --episodes FILE.jsonl`` (label "pass" when every FAIL_TO_PASS and PASS_TO_PASS test passed).
 
@@ -26,19 +28,6 @@ def env_row(repo: str, key: str, messages: list[dict], passed: bool, source: str
     """One environment-native row as it travels through the pipeline."""
     return {"id": sample_id(repo, key), "kind": "env", "repo": repo, "source": source, "subset": "env",
             "passed": bool(passed), "data": json.dumps(messages), "drop": ""}
-
-
-def expert_episodes(tasks_dir: str | Path, split: str = "train", limit: int | None = None) -> Iterator[dict[str, Any]]:
-    """The scripted expert's episodes on ``split`` of a ``forge-ray swe make-tasks`` folder
-    (played in the sandbox once, then read from the folder's expert cache)."""
-    from envs.swe.tasks import SweTasks
-
-    source = SweTasks(str(tasks_dir))
-    rows = source.rows(split)[:limit]
-    for row in rows:
-        task = source.task(row, split)
-        messages = task.messages + source.expert(task)
-        yield env_row(row.get("package") or row["repo"], task.id, messages, True, "swe-expert")
 
 
 def episode_file(path: str | Path) -> Iterator[dict[str, Any]]:

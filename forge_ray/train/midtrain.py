@@ -281,29 +281,16 @@ def run_midtrain(
     (gradients accumulate over a rank's slice). Ray Train takes about one report per 2 s (its
     result queue holds one), so a ``report_every`` shorter than that slows training down.
     Returns every metrics row of the run so far (``attempt`` counts the calls that made them)."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from forge_ray.train.sft import fit
 
     out_dir = Path(out_dir)
-    if batch_size % num_workers:
-        raise ValueError(f"batch_size {batch_size} must be a multiple of num_workers {num_workers}")
     cfg = dict(
         stages=[{"name": s["name"], "shards": [str(p) for p in s["shards"]]} for s in stages],
         model=str(model_path), out=str(out_dir), dtype=dtype, device=device, lr=lr, batch_size=batch_size,
         epochs=epochs, seq_len=seq_len, seed=seed, report_every=report_every, checkpoint_every=checkpoint_every,
         resume_dir=str(out_dir.parent.resolve() / "midtrain-resume"), micro_batch=micro_batch, max_steps=max_steps,
     )
-    trainer = TorchTrainer(
-        midtrain_loop,
-        train_loop_config=cfg,
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=device == "cuda", resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name="midtrain", storage_path=str(out_dir.parent.resolve() / "ray_train")),
-    )
-    result = trainer.fit()
-    if result.error:
-        raise RuntimeError(f"mid-training failed: {result.error}")
-    history = out_dir / "midtrain_metrics.jsonl"
-    return [json.loads(line) for line in history.read_text().splitlines()]
+    return fit(midtrain_loop, cfg, "midtrain", out_dir, num_workers, device)
 
 
 # ---------------------------------------------------------------------------- evaluation

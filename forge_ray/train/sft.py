@@ -125,21 +125,25 @@ def sft_loop(cfg: dict) -> None:
 def run_sft(job: JobConfig, model_path: str, data_path: Path, out_dir: Path, device: str) -> list[dict]:
     """Fine-tune ``model_path`` on ``data_path`` with Ray Train into ``out_dir``; returns the
     metrics rank 0 recorded every ``report_every`` steps."""
+    s = job.sft
+    cfg = dict(data=str(data_path), model=model_path, out=str(out_dir), dtype=job.model.dtype, device=device,
+               lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, seed=s.seed, report_every=10)
+    return fit(sft_loop, cfg, "sft", out_dir, s.num_workers, device)
+
+
+def fit(loop: Any, cfg: dict, name: str, out_dir: Path, num_workers: int, device: str) -> list[dict]:
+    """Run ``loop`` on ``num_workers`` Ray Train workers (one CPU each, a GPU each on CUDA); the
+    loop's rank 0 writes ``<out_dir>/<name>_metrics.jsonl``, returned as rows."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    s = job.sft
     trainer = TorchTrainer(
-        sft_loop,
-        train_loop_config=dict(
-            data=str(data_path), model=model_path, out=str(out_dir), dtype=job.model.dtype, device=device,
-            lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, seed=s.seed, report_every=10,
-        ),
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=device == "cuda", resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name="sft", storage_path=str(out_dir.parent.resolve() / "ray_train")),
+        loop, train_loop_config=cfg,
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=device == "cuda", resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name=name, storage_path=str(Path(out_dir).parent.resolve() / "ray_train")),
     )
     result = trainer.fit()
     if result.error:
-        raise RuntimeError(f"SFT failed: {result.error}")
-    history = out_dir / "sft_metrics.jsonl"
+        raise RuntimeError(f"{name} failed: {result.error}")
+    history = Path(out_dir) / f"{name}_metrics.jsonl"
     return [json.loads(line) for line in history.read_text().splitlines()]
