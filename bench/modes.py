@@ -1,11 +1,11 @@
 """Benchmark: the same RL job in sync and async mode, side by side, in one process.
 
-    .venv/bin/python bench/modes.py --model runs/quickstart-*/checkpoints/sft [--steps 20] [--set k=v ...]
+    .venv/bin/python bench/modes.py --model runs/quickstart-*/checkpoints/sft [--steps 20] [--set k=v ...] [--out FILE]
 
 Both runs start from the same checkpoint (SFT is skipped), use the same job file and seed,
 and run one after the other on the same embedded Ray cluster. Prints trajectories/s, the
 idle fractions of rollout and learner, seconds per step and per weight sync, and writes the
-table to bench/results/modes.json.
+table to bench/results/modes.json (or ``--out``).
 """
 from __future__ import annotations
 
@@ -13,36 +13,56 @@ import argparse
 import json
 import logging
 from pathlib import Path
-
-from forge_ray.config import load_job
-from forge_ray.pipeline import run_job
+from typing import Any
 
 KEYS = ("trajectories_per_s", "rollout_idle_frac", "learner_idle_frac", "rl_wall_seconds", "sync_seconds_mean", "sft_success", "rl_success", "peak_rss_gb")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="starting checkpoint (e.g. a quickstart's checkpoints/sft)")
-    p.add_argument("--job", default="jobs/quickstart.yaml")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--set", action="append", default=[])
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+def run_modes(model: str, job_path: str, steps: int, sets: list[str], name: str) -> dict[str, dict[str, Any]]:
+    """Run ``job_path`` from ``model`` for ``steps`` RL steps in sync, then async mode."""
+    from forge_ray.config import load_job
+    from forge_ray.pipeline import run_job
+
     results = {}
     for mode in ("sync", "async"):
-        job = load_job(args.job, [f"model.path={args.model}", "sft.enabled=false", f"run.steps={args.steps}",
-                                  f"run.mode={mode}", f"run.name=bench-{mode}", "run.wandb_mode=disabled", *args.set])
+        job = load_job(job_path, [f"model.path={model}", "sft.enabled=false", f"run.steps={steps}", f"run.mode={mode}",
+                                  f"run.name={name}-{mode}", "run.wandb_mode=disabled", *sets])
         summary = run_job(job)
         results[mode] = {k: summary.get(k) for k in KEYS}
+    return results
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
     s, a = results["sync"], results["async"]
     print(f"\n{'':24}{'sync':>10}{'async':>10}{'async/sync':>12}")
     for k in KEYS:
         ratio = a[k] / s[k] if isinstance(s[k], (int, float)) and s[k] else float("nan")
         print(f"{k:24}{s[k]:>10.3f}{a[k]:>10.3f}{ratio:>12.2f}")
-    out = Path(__file__).parent / "results" / "modes.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"steps": args.steps, "model": args.model, **results}, indent=2) + "\n")
-    print(f"\nwritten to {out}")
+
+
+def parser(doc: str, out: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--model", required=True, help="starting checkpoint (e.g. a quickstart's checkpoints/sft)")
+    p.add_argument("--job", default="jobs/quickstart.yaml")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / out))
+    return p
+
+
+def write(out: str, payload: dict[str, Any]) -> None:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwritten to {path}")
+
+
+def main() -> None:
+    args = parser(__doc__, "modes.json").parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    results = run_modes(args.model, args.job, args.steps, args.set, "bench")
+    print_table(results)
+    write(args.out, {"steps": args.steps, "model": args.model, **results})
 
 
 if __name__ == "__main__":

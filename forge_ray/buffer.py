@@ -30,8 +30,20 @@ class Group:
     refs: list[Any] = field(default_factory=list)
 
     @property
-    def min_version(self) -> int:
-        return min(m.min_version for m in self.metas)
+    def min_version(self) -> int | None:
+        """The oldest policy version that sampled a token of this group; None when no sample
+        has a sampled token (a trajectory without turns has ``min_version`` -1)."""
+        return min((m.min_version for m in self.metas if m.min_version >= 0), default=None)
+
+    def lag(self, version: int) -> int:
+        """How many versions the group's oldest sampled token lags a learner at ``version``
+        (0 for a group without sampled tokens: nothing in it can be stale)."""
+        oldest = self.min_version
+        return 0 if oldest is None else version - oldest
+
+    @property
+    def issue(self) -> int:
+        return self.metas[0].issue if self.metas else 0
 
     @property
     def rewards(self) -> list[float]:
@@ -71,15 +83,17 @@ class TrajectoryBuffer:
                 self._cond.notify_all()
 
     async def take(self, n: int, version: int, timeout_s: float | None = None) -> Taken:
-        """Wait for ``n`` complete groups that are fresh enough for a learner at ``version``.
-        Stale groups met on the way are removed and returned separately."""
+        """Wait for ``n`` complete groups that are fresh enough for a learner at ``version``
+        and take the ``n`` whose prompts were issued first. A group that took long is thus
+        taken as soon as it completes, ahead of younger ones: slow episodes are late, never
+        passed over. Stale groups met on the way are removed and returned separately."""
         stale: list[Group] = []
         taken: list[Group] = []
 
         def fresh_ready() -> bool:
             keep = []
             for g in self._ready:
-                (stale if version - g.min_version > self.max_staleness else keep).append(g)
+                (stale if g.lag(version) > self.max_staleness else keep).append(g)
             self._ready[:] = keep
             return len(self._ready) >= n - len(taken)
 
@@ -88,6 +102,7 @@ class TrajectoryBuffer:
                 await asyncio.wait_for(self._cond.wait_for(fresh_ready), timeout_s)
             except asyncio.TimeoutError:
                 pass  # hand over what is there; the caller decides
+            self._ready.sort(key=lambda g: g.issue)  # the earliest issued first, however long they took
             taken, self._ready[:] = self._ready[:n], self._ready[n:]
             self.counters["groups_taken"] += len(taken)
             self.counters["groups_stale"] += len(stale)
@@ -116,6 +131,10 @@ class TrajectoryBuffer:
         """Remove and return every complete group (checkpointing and shutdown)."""
         ready, self._ready = self._ready, []
         return ready
+
+    def task_ids(self) -> list[str]:
+        """The prompt of every complete group waiting now (the ledger's check)."""
+        return [g.task_id for g in self._ready]
 
     def stats(self) -> dict[str, int]:
         return {**self.counters, "ready": len(self._ready), "partial": len(self._partial)}

@@ -31,8 +31,7 @@ class DriverState:
 
     step: int = 0
     version: int = 0
-    ledger: dict[str, Any] = field(default_factory=dict)  # PromptPool.state()
-    untaken: dict[str, int] = field(default_factory=dict)  # prompts issued and not yet taken
+    ledger: dict[str, Any] = field(default_factory=dict)  # PromptPool.state(): the prompt ledger and cursor
     trajectories: int = 0
     learner_busy: float = 0.0
     rollout_busy: float = 0.0
@@ -59,8 +58,8 @@ def latest(run_dir: str | Path) -> Path | None:
 
 async def save(run_dir: Path, step: int, driver_state: Callable[[], DriverState], learner: Any, buffer: Any, keep: int) -> Path:
     """Write a checkpoint of the learner, the buffer's complete groups and the driver's state.
-    ``driver_state`` is called after the buffer's snapshot, so every buffered group counts as
-    issued and untaken in it (prompts issued in between are re-queued on resume)."""
+    ``driver_state`` is called after the buffer's snapshot, so every buffered group is
+    outstanding in its ledger (prompts issued in between are re-queued on resume)."""
     root = Path(run_dir) / "checkpoints"
     path = root / f"rl-step-{step:06d}"
     if path.exists():
@@ -101,10 +100,11 @@ async def refill(buffer: Any, groups: list) -> Counter:
     return counts
 
 
-def inflight(untaken: dict[str, int], buffered: Counter) -> list[str]:
-    """Prompts that were generating when the checkpoint was taken (to be re-queued)."""
+def inflight(outstanding: dict[str, int], buffered: Counter) -> list[str]:
+    """Prompts that were generating when the checkpoint was taken (to be re-queued): the
+    ledger's outstanding issues that are not back in the buffer."""
     out = []
-    for task_id, n in untaken.items():
+    for task_id, n in outstanding.items():
         out += [task_id] * max(n - buffered[task_id], 0)
     return out
 

@@ -125,6 +125,8 @@ class LearnerConfig:
     drop_zero_variance: bool = True  # drop groups whose rewards are all equal (no signal)
     epochs: int = 1  # PPO passes over each RL batch (ratios against the policy before the update)
     mini_batches: int = 1  # optimizer steps per pass: the batch's groups split into this many mini-batches (a group never split)
+    refill_rounds: int = 2  # dropped zero-variance groups are replaced by new prompts, taking again up to this many times per step (0: the batch shrinks)
+    logprob_chunk: int = 1024  # token positions per chunk of LM head + log-softmax (RL and SFT): memory O(chunk x vocab); 0 = full logits
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from forge_ray import checkpoint, telemetry
 from forge_ray.checkpoint import DriverState
@@ -22,10 +24,35 @@ from forge_ray.config import JobConfig
 from forge_ray.eval import evaluate
 from forge_ray.metrics import Run
 
+if TYPE_CHECKING:
+    from forge_ray.env.pool import EnvServices
+    from forge_ray.feeder import Feeder
+    from forge_ray.learner.group import LearnerGroup
+    from forge_ray.rollout.group import RolloutGroup
+
 log = logging.getLogger("forge_ray.rl")
 
 
-def _spawn(job: JobConfig, model_path: str, device: str) -> tuple[Any, Any, Any, Any]:
+@dataclass
+class Actors:
+    """What the driver drives: the rollout engines, the learner ranks, the trajectory buffer
+    (an actor handle of ``TrajectoryBuffer``) and the environment services."""
+
+    rollout: RolloutGroup
+    learner: LearnerGroup
+    buffer: Any
+    services: EnvServices
+
+    def shutdown(self) -> None:
+        import ray
+
+        self.rollout.shutdown()
+        self.services.shutdown()
+        self.learner.shutdown()
+        ray.kill(self.buffer)
+
+
+def _spawn(job: JobConfig, model_path: str, device: str) -> Actors:
     import ray
 
     from forge_ray.buffer import TrajectoryBuffer
@@ -48,7 +75,7 @@ def _spawn(job: JobConfig, model_path: str, device: str) -> tuple[Any, Any, Any,
                            temperature=r.temperature)
     buffer = ray.remote(TrajectoryBuffer).options(name="forge/buffer", max_concurrency=10_000, **on_driver_node()).remote(
         r.group_size, staleness(job), capacity=r.batch_prompts * (staleness(job) + 2))
-    return rollout, learner, buffer, services
+    return Actors(rollout, learner, buffer, services)
 
 
 def env_factory(job: JobConfig) -> Any:
@@ -66,42 +93,38 @@ def staleness(job: JobConfig) -> int:
 
 async def run_rl(job: JobConfig, run: Run, model_path: str, device: str) -> dict[str, Any]:
     """Train ``model_path`` with asynchronous multi-turn GRPO; returns the RL summary."""
-    rollout, learner, buffer, services = _spawn(job, model_path, device)
+    actors = _spawn(job, model_path, device)
     try:
-        return await _train(job, run, rollout, learner, buffer)
+        return await _train(job, run, actors)
     finally:  # free the actors and placement groups even when training fails
-        import ray
-
-        rollout.shutdown()
-        services.shutdown()
-        learner.shutdown()
-        ray.kill(buffer)
+        actors.shutdown()
 
 
-async def _train(job: JobConfig, run: Run, rollout: Any, learner: Any, buffer: Any) -> dict[str, Any]:
+async def _train(job: JobConfig, run: Run, actors: Actors) -> dict[str, Any]:
     from envs import make_tasks
     from forge_ray.feeder import Feeder, PromptPool
 
+    rollout, learner = actors.rollout, actors.learner
     with run.timer("startup"):
         engine_seconds, _ = await asyncio.gather(rollout.start(), learner.setup())
     log.info("engines up in %s s; learner ranks ready", [round(s, 1) for s in engine_seconds])
     source = make_tasks(job.env.name, **job.env.kwargs)
     heldout = source.tasks("heldout", job.env.eval_tasks, job.env.seed)
     pool = PromptPool(source.tasks("train", job.env.train_tasks, job.env.seed))
-    feeder = Feeder(pool, rollout, buffer, group_size=job.rollout.group_size, batch_prompts=job.rollout.batch_prompts,
+    feeder = Feeder(pool, rollout, actors.buffer, group_size=job.rollout.group_size, batch_prompts=job.rollout.batch_prompts,
                     batch_groups=job.learner.batch_groups, max_staleness=staleness(job))
-    state = await _begin(job, run, rollout, learner, buffer, pool, feeder, heldout)
+    state = await _begin(job, run, actors, feeder, heldout)
     feeder.start()
     run.pop_timers()
     t_start = time.perf_counter() - state.wall
     for step in range(state.step + 1, job.run.steps + 1):
-        await _step(job, run, step, state, rollout, learner, buffer, pool, feeder, t_start)
+        await _step(job, run, step, state, actors, feeder, t_start)
         if job.run.checkpoint_every and step % job.run.checkpoint_every == 0 and step < job.run.steps:
-            await _checkpoint(job, run, state, learner, buffer, pool, feeder, t_start)
+            await _checkpoint(job, run, state, actors, feeder, t_start)
 
-    await feeder.stop()
+    await feeder.stop()  # groups still playing are abandoned; untaken complete groups stay buffered
     wall = time.perf_counter() - t_start
-    ledger = pool.check(feeder.untaken)
+    ledger = pool.check(Counter(await actors.buffer.task_ids.remote()))
     after = await evaluate(rollout, heldout, job.run.eval_greedy)
     run.log("eval", job.run.steps, {"name": "rl", **after})
     log.info("held-out success after RL: %.3f (before %.3f)", after["success"], state.before["success"])
@@ -117,75 +140,98 @@ async def _train(job: JobConfig, run: Run, rollout: Any, learner: Any, buffer: A
     }
 
 
-async def _begin(job: JobConfig, run: Run, rollout: Any, learner: Any, buffer: Any, pool: Any, feeder: Any, heldout: list) -> DriverState:
+async def _begin(job: JobConfig, run: Run, actors: Actors, feeder: Feeder, heldout: list) -> DriverState:
     """Evaluate the starting policy; or, when the run directory has an RL checkpoint, continue
     from it: learner state, engine weights, prompt ledger, buffered groups, step axis."""
     path = checkpoint.latest(run.dir)
     if path is None:
-        before = await evaluate(rollout, heldout, job.run.eval_greedy)
+        before = await evaluate(actors.rollout, heldout, job.run.eval_greedy)
         run.log("eval", 0, {"name": "sft", **before})
         log.info("held-out success before RL: %.3f (n=%d)", before["success"], before["n"])
         return DriverState(before=before)
     restored = checkpoint.load(path)
     state = restored.state
-    await learner.load_checkpoint(str(path))
-    await rollout.update_weights(state.version, await learner.export_weights(state.version, job.rollout.bucket_mb))
-    pool.restore(state.ledger)
-    buffered = await checkpoint.refill(buffer, restored.groups)
-    requeue = checkpoint.inflight(state.untaken, buffered)
-    feeder.restore(state.step, state.trajectories, state.rollout_busy, buffered, requeue)
+    await actors.learner.load_checkpoint(str(path))
+    await actors.rollout.update_weights(state.version, await actors.learner.export_weights(state.version, job.rollout.bucket_mb))
+    feeder.pool.restore(state.ledger)
+    buffered = await checkpoint.refill(actors.buffer, restored.groups)
+    requeue = checkpoint.inflight(feeder.pool.outstanding, buffered)
+    feeder.restore(state.step, state.trajectories, state.rollout_busy, requeue)
     run.truncate(state.step)
     log.info("resumed from %s: step %d, policy v%d, %d groups back in the buffer, %d prompts re-queued",
              path, state.step, state.version, sum(buffered.values()), len(requeue))
     return state
 
 
-async def _step(job: JobConfig, run: Run, step: int, state: DriverState, rollout: Any, learner: Any, buffer: Any,
-                pool: Any, feeder: Any, t_start: float) -> None:
+async def _step(job: JobConfig, run: Run, step: int, state: DriverState, actors: Actors, feeder: Feeder, t_start: float) -> None:
     """One learner step: take M groups, update, publish the new weights to the engines."""
     from forge_ray.buffer import TrajectoriesLost
     from forge_ray.feeder import why
     from forge_ray.learner.batching import plan_update
 
     while True:
-        with run.timer("wait_rollout"):
-            taken = await feeder.guard(buffer.take.remote(job.learner.batch_groups, state.version))
-        for group in taken.stale:  # too old to learn from: run the prompt again
-            feeder.requeue(group.task_id)
+        taken = await _collect(job, run, state, actors, feeder)
         plan = plan_update(taken.groups, job.learner.drop_zero_variance, job.reward.turn_weight)
-        lag = max((state.version - g.min_version for g in taken.groups), default=0)  # policy versions behind
+        lag = max((g.lag(state.version) for g in taken.groups), default=0)  # policy versions behind
         try:
-            metrics = await _learn(job, run, state, rollout, learner, plan.items) if plan.items else {}
+            metrics = await _learn(job, run, state, actors, plan.items) if plan.items else {}
             break
         except TrajectoriesLost as e:  # a producer or a node died under buffered groups
             log.warning("%d taken groups lost their trajectories (%s); their prompts run again", len(taken.groups), why(e))
             for group in taken.groups:
                 feeder.requeue(group.task_id)
-    feeder.taken([g.task_id for g in taken.groups])
     for group in taken.groups:
-        pool.consume(group.task_id)
+        feeder.pool.consume(group.task_id)
     feeder.step_done()
     state.step = step
     row = _log_step(run, step, state.version, lag, plan, metrics, taken, feeder, t_start)
-    telemetry.record_step(row, feeder.pop_token_rate(), (await buffer.stats.remote())["ready"], len(taken.groups))
+    telemetry.record_step(row, feeder.pop_token_rate(), (await actors.buffer.stats.remote())["ready"], len(taken.groups))
     if job.run.sample_every and step % job.run.sample_every == 0:
         run.log_samples(step, _samples(taken.groups))
 
 
-async def _learn(job: JobConfig, run: Run, state: DriverState, rollout: Any, learner: Any, items: list) -> dict[str, Any]:
+async def _collect(job: JobConfig, run: Run, state: DriverState, actors: Actors, feeder: Feeder) -> Any:
+    """Take M complete groups, the earliest issued first (``TrajectoryBuffer.take``). When
+    groups without signal are dropped, each one taken lets the feeder issue one more prompt and
+    the learner takes again, up to ``learner.refill_rounds`` more times (DAPO's dynamic
+    sampling): the batch shrinks only when the rounds run out. Stale groups are re-queued."""
+    from forge_ray.buffer import Taken
+    from forge_ray.learner.batching import has_signal
+
+    m, drop = job.learner.batch_groups, job.learner.drop_zero_variance
+    useful: list = []
+    flat: list = []
+    stale: list = []
+    rounds = job.learner.refill_rounds if drop else 0
+    for round_ in range(rounds + 1):
+        with run.timer("wait_rollout"):
+            taken = await feeder.guard(actors.buffer.take.remote(m - len(useful), state.version))
+        for group in taken.stale:  # too old to learn from: run the prompt again
+            feeder.requeue(group.task_id)
+        stale += taken.stale
+        dropped = [g for g in taken.groups if drop and not has_signal(g, job.reward.turn_weight)]
+        useful += [g for g in taken.groups if not any(g is d for d in dropped)]
+        flat += dropped
+        if len(useful) >= m or not dropped or round_ == rounds:
+            break
+        feeder.admit(len(dropped))
+    return Taken(useful + flat, stale)
+
+
+async def _learn(job: JobConfig, run: Run, state: DriverState, actors: Actors, items: list) -> dict[str, Any]:
     """Update on ``items``, then sync the new policy version to the engines."""
     t0 = time.perf_counter()
     with run.timer("train"):
-        metrics, refs = await _update(run, learner, items, state.version + 1, job.rollout.bucket_mb)
+        metrics, refs = await _update(run, actors.learner, items, state.version + 1, job.rollout.bucket_mb)
     state.version += 1
     state.learner_busy += time.perf_counter() - t0
     with run.timer("sync"):
-        syncs = await rollout.update_weights(state.version, refs)
+        syncs = await actors.rollout.update_weights(state.version, refs)
     state.sync_seconds.append(max((s["sync_seconds"] for s in syncs), default=0.0))
     return {**metrics, "sync_seconds": state.sync_seconds[-1]}
 
 
-async def _update(run: Run, learner: Any, items: list, version: int, bucket_mb: int) -> tuple[dict, list]:
+async def _update(run: Run, learner: LearnerGroup, items: list, version: int, bucket_mb: int) -> tuple[dict, list]:
     """Train on ``items`` and export the new weights as ``version``. If a learner rank dies, the
     group is rebuilt from the run's last checkpoint and the update is tried once more."""
     from ray.exceptions import RayActorError
@@ -200,15 +246,15 @@ async def _update(run: Run, learner: Any, items: list, version: int, bucket_mb: 
         return await learner.train_step(items), await learner.export_weights(version, bucket_mb)
 
 
-async def _checkpoint(job: JobConfig, run: Run, state: DriverState, learner: Any, buffer: Any, pool: Any, feeder: Any, t_start: float) -> None:
+async def _checkpoint(job: JobConfig, run: Run, state: DriverState, actors: Actors, feeder: Feeder, t_start: float) -> None:
     def snapshot() -> DriverState:  # called after the buffer's snapshot: see checkpoint.py
-        state.ledger, state.untaken = pool.state(), {k: v for k, v in feeder.untaken.items() if v > 0}
+        state.ledger = feeder.pool.state()
         state.trajectories, state.rollout_busy = feeder.trajectories, feeder.busy()
         state.wall = time.perf_counter() - t_start
         return state
 
     with run.timer("checkpoint"):
-        await checkpoint.save(run.dir, state.step, snapshot, learner, buffer, job.run.keep_checkpoints)
+        await checkpoint.save(run.dir, state.step, snapshot, actors.learner, actors.buffer, job.run.keep_checkpoints)
 
 
 def _samples(groups: list, k: int = 4) -> list[Any]:
@@ -223,7 +269,7 @@ def _samples(groups: list, k: int = 4) -> list[Any]:
         return []
 
 
-def _log_step(run: Run, step: int, version: int, lag: int, plan: Any, metrics: dict, taken: Any, feeder: Any, t_start: float) -> dict:
+def _log_step(run: Run, step: int, version: int, lag: int, plan: Any, metrics: dict, taken: Any, feeder: Feeder, t_start: float) -> dict:
     rewards = plan.rewards or [0.0]
     row = {
         "version": version, "reward_mean": sum(rewards) / len(rewards),

@@ -19,41 +19,60 @@ log = logging.getLogger(__name__)
 
 
 class AccountingError(AssertionError):
-    """A prompt was consumed twice, or issued and never accounted for."""
+    """A prompt was consumed twice, settled without being outstanding, or lost."""
 
 
 class PromptPool:
-    """Prompts in order, re-queued ones first. Every prompt is consumed at most once;
-    ``check`` proves issued = consumed + re-queued + outstanding for each prompt."""
+    """The prompt ledger, and its one owner: prompts in order, re-queued ones first, and where
+    every issue of a prompt is. An issue is *outstanding* (generating, or buffered and not yet
+    taken) until it settles as exactly one of *consumed* (trained on; at most once per prompt),
+    *requeued* (played again under a new attempt) or *abandoned* (still generating when the run
+    stopped). ``check`` compares the outstanding issues with what is really generating or
+    buffered: an issue the ledger holds outstanding that is neither is *lost*, and named."""
 
     def __init__(self, tasks: list[Task]):
         self.tasks = {t.id: t for t in tasks}
         self._queue = deque(t.id for t in tasks)
         self.issued: Counter = Counter()
+        self.outstanding: Counter = Counter()
         self.requeued: Counter = Counter()
         self.consumed: Counter = Counter()
+        self.abandoned: Counter = Counter()
 
     def has_next(self) -> bool:
         return bool(self._queue)
 
     def next(self) -> tuple[Task, int]:
-        """The next prompt and its attempt number."""
+        """The next prompt and its attempt number; it is outstanding until it settles."""
         task_id = self._queue.popleft()
         self.issued[task_id] += 1
+        self.outstanding[task_id] += 1
         return self.tasks[task_id], self.issued[task_id]
 
+    def _settle(self, task_id: str, how: str) -> None:
+        if self.outstanding[task_id] <= 0:
+            raise AccountingError(f"prompt {task_id} {how} but none of its issues is outstanding")
+        self.outstanding[task_id] -= 1
+
     def requeue(self, task_id: str) -> None:
+        self._settle(task_id, "re-queued")
         self.requeued[task_id] += 1
         self._queue.appendleft(task_id)
 
     def consume(self, task_id: str) -> None:
+        self._settle(task_id, "consumed")
         self.consumed[task_id] += 1
         if self.consumed[task_id] > 1:
             raise AccountingError(f"prompt {task_id} consumed twice")
 
+    def abandon(self, task_id: str) -> None:
+        self._settle(task_id, "abandoned")
+        self.abandoned[task_id] += 1
+
     def state(self) -> dict[str, Any]:
         """The ledger and the cursor, JSON-serialisable (checkpoints)."""
-        return {"queue": list(self._queue), "issued": dict(self.issued), "requeued": dict(self.requeued), "consumed": dict(self.consumed)}
+        counters = ("issued", "outstanding", "requeued", "consumed", "abandoned")
+        return {"queue": list(self._queue), **{k: {t: n for t, n in getattr(self, k).items() if n} for k in counters}}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from ``state()``; prompts that no longer exist in ``tasks`` are an error."""
@@ -61,21 +80,33 @@ class PromptPool:
         if unknown:
             raise AccountingError(f"checkpoint names {len(unknown)} prompts this job does not have (e.g. {unknown[0]}): was env changed?")
         self._queue = deque(state["queue"])
-        self.issued, self.requeued, self.consumed = (Counter(state[k]) for k in ("issued", "requeued", "consumed"))
+        for k in ("issued", "outstanding", "requeued", "consumed", "abandoned"):
+            setattr(self, k, Counter(state.get(k, {})))
 
-    def check(self, outstanding: Counter) -> dict[str, int]:
-        """Verify the ledger; ``outstanding`` counts prompts still generating or buffered."""
+    def lost(self, present: Counter) -> Counter:
+        """Outstanding issues that are not in ``present`` (prompts generating or buffered)."""
+        return +Counter({t: n - present[t] for t, n in self.outstanding.items()})
+
+    def check(self, present: Counter) -> dict[str, int]:
+        """Prove the ledger: every issue settled once or outstanding, and every outstanding one
+        really generating or buffered (``present``); raises ``AccountingError`` naming a lost
+        prompt. Returns the totals."""
         for task_id, n in self.issued.items():
-            if n != self.consumed[task_id] + self.requeued[task_id] + outstanding[task_id]:
-                raise AccountingError(
-                    f"prompt {task_id}: issued {n} != consumed {self.consumed[task_id]} + requeued "
-                    f"{self.requeued[task_id]} + outstanding {outstanding[task_id]}"
-                )
+            settled = self.consumed[task_id] + self.requeued[task_id] + self.abandoned[task_id]
+            if n != settled + self.outstanding[task_id]:
+                raise AccountingError(f"prompt {task_id}: issued {n} != settled {settled} + outstanding {self.outstanding[task_id]}")
+        lost = self.lost(present)
+        if lost:
+            task_id, n = next(iter(lost.items()))
+            raise AccountingError(f"{sum(lost.values())} prompts lost: e.g. {task_id} is outstanding ({self.outstanding[task_id]}) "
+                                  f"but only {present[task_id]} of it is generating or buffered")
         return {
             "prompts_issued": sum(self.issued.values()),
             "prompts_consumed": sum(self.consumed.values()),
             "prompts_requeued": sum(self.requeued.values()),
-            "prompts_outstanding": sum(outstanding.values()),
+            "prompts_abandoned": sum(self.abandoned.values()),
+            "prompts_outstanding": sum(self.outstanding.values()),
+            "prompts_lost": 0,
         }
 
 
@@ -100,7 +131,7 @@ class Feeder:
         self.steps = 0
         self.extra = 0  # allowance given back for re-queued groups
         self.issued = 0
-        self.untaken: Counter = Counter()  # prompts issued and not yet taken by the learner
+        self.generating: Counter = Counter()  # prompts whose group is being played now
         self.trajectories = 0
         self.tokens = 0  # sampled tokens of finished trajectories
         self._rate_mark = (time.perf_counter(), 0)
@@ -135,23 +166,26 @@ class Feeder:
             while self.issued < self.allowed() and self.pool.has_next():
                 task, attempt = self.pool.next()
                 self.issued += 1
-                self.untaken[task.id] += 1
-                job = asyncio.create_task(self._play(task, attempt))
+                job = asyncio.create_task(self._play(task, attempt, self.issued))
                 self._tasks.add(job)
                 job.add_done_callback(self._tasks.discard)
             self._wake.clear()
             await self._wake.wait()
 
-    async def _play(self, task: Task, attempt: int) -> None:
+    async def _play(self, task: Task, attempt: int, issue: int) -> None:
         group_id = f"{task.id}#{attempt}"
         if self.inflight == 0:
             self._busy_since = time.perf_counter()
         self.inflight += 1
+        self.generating[task.id] += 1
         try:
-            metas = await self.rollout.run_group(task, group_id, self.group_size, self.buffer)
+            metas = await self.rollout.run_group(task, group_id, self.group_size, self.buffer, issue=issue)
             self.trajectories += len(metas)
             self.tokens += sum(m.num_tokens for m in metas)
             self.failures.pop(task.id, None)
+        except asyncio.CancelledError:  # the run stopped while this group was playing
+            self.pool.abandon(task.id)
+            raise
         except Exception as e:  # a lost group is retried, never silently dropped
             log.warning("group %s#%d failed (%s); re-queued", task.id, attempt, why(e))
             self.failures[task.id] += 1
@@ -162,17 +196,18 @@ class Feeder:
                 await self.buffer.discard.remote(group_id)
         finally:
             self.inflight -= 1
+            self.generating[task.id] -= 1
             if self.inflight == 0:
                 self.busy_seconds += time.perf_counter() - self._busy_since
 
-    def taken(self, task_ids: list[str]) -> None:
-        for t in task_ids:
-            self.untaken[t] -= 1
-
     def requeue(self, task_id: str) -> None:
-        self.untaken[task_id] -= 1
         self.pool.requeue(task_id)
         self.extra += 1
+        self._wake.set()
+
+    def admit(self, k: int) -> None:
+        """Let ``k`` more prompts in now (replacements for groups dropped without signal)."""
+        self.extra += k
         self._wake.set()
 
     def step_done(self) -> None:
@@ -180,14 +215,12 @@ class Feeder:
         self.steps += 1
         self._wake.set()
 
-    def restore(self, steps: int, trajectories: int, busy_seconds: float, buffered: Counter, requeue: list[str]) -> None:
-        """Continue a checkpointed run: ``buffered`` prompts are back in the buffer, ``requeue``
-        were generating when the checkpoint was taken and run again."""
+    def restore(self, steps: int, trajectories: int, busy_seconds: float, requeue: list[str]) -> None:
+        """Continue a checkpointed run (the pool already restored): ``requeue`` were generating
+        when the checkpoint was taken and run again."""
         self.steps, self.trajectories, self.busy_seconds = steps, trajectories, busy_seconds
         self.issued = sum(self.pool.issued.values())
-        self.untaken = Counter(buffered)
         for task_id in requeue:
-            self.untaken[task_id] += 1
             self.requeue(task_id)
         self.extra = sum(self.pool.requeued.values())
 
@@ -203,7 +236,8 @@ class Feeder:
         return self.busy_seconds + live
 
     async def stop(self) -> None:
-        """Stop issuing, then cancel the groups still generating."""
+        """Stop issuing, then cancel the groups still generating (the ledger marks them
+        abandoned)."""
         if self._runner is not None:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)

@@ -60,6 +60,7 @@ class Run:
     timers: dict[str, float] = field(default_factory=dict)
     resumed: bool = False
     _wandb: Any = None
+    log_handler: logging.Handler | None = None  # the run's log.txt
 
     @classmethod
     def create(cls, job: JobConfig, resume_dir: str | None = None) -> "Run":
@@ -81,6 +82,7 @@ class Run:
         handler = logging.FileHandler(self.dir / "log.txt")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
+        self.log_handler = handler
 
     def log(self, stage: str, step: int, metrics: dict[str, Any]) -> None:
         row = {"stage": stage, "step": step, "time": round(time.time() - self.started, 3), **metrics}
@@ -125,6 +127,13 @@ class Run:
         path = self.dir / "metrics.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
         return [r for r in rows if r["stage"] == stage]
+
+    def abort(self, error: BaseException) -> None:
+        """The job failed: say so in the log and end the W&B run as failed."""
+        log.error("run failed: %s: %s", type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+        if self._wandb is not None:
+            self._wandb.finish(exit_code=1)
+            self._wandb = None
 
     def finish(self, summary: dict[str, Any]) -> None:
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -203,7 +212,8 @@ def plot_curves(run: Run, out: Path) -> Path:
     ax.set_ylabel("reward / held-out success")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    if rows:
+        ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -41,7 +41,8 @@ def worker_env_vars() -> dict[str, str]:
 
 
 def init_ray(job: JobConfig) -> None:
-    """Join ``cluster.address`` ("auto" inside a submitted job) or start the embedded local cluster."""
+    """Join ``cluster.address`` ("auto" inside a submitted job) or start the embedded local
+    cluster (never joining another one found on the machine: the job's ``num_cpus`` is its own)."""
     import ray
 
     if ray.is_initialized():
@@ -49,8 +50,8 @@ def init_ray(job: JobConfig) -> None:
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": worker_env_vars()}, "log_to_driver": True}
     if job.cluster.address:
         ray.init(address=job.cluster.address, **kwargs)
-    else:
-        ray.init(num_cpus=job.cluster.num_cpus or None, include_dashboard=False, **kwargs)
+    else:  # "local": a cluster of its own, even when `ray start` left one running on this machine
+        ray.init(address="local", num_cpus=job.cluster.num_cpus or None, include_dashboard=False, **kwargs)
 
 
 def demo_source(job: JobConfig) -> Any:
@@ -118,7 +119,8 @@ def midtrain_stage(job: JobConfig, run: Run, model_path: str, device: str) -> st
     out = run.dir / "checkpoints" / "mid_train"
     t0 = time.perf_counter()
     rows = run_midtrain(stages, model_path, out, device, lr=m.lr, batch_size=m.batch_size, epochs=m.epochs, seq_len=m.seq_len,
-                        num_workers=m.num_workers, seed=m.seed, checkpoint_every=m.checkpoint_every, dtype=job.model.dtype)
+                        num_workers=m.num_workers, seed=m.seed, checkpoint_every=m.checkpoint_every, dtype=job.model.dtype,
+                        logprob_chunk=job.learner.logprob_chunk)
     for row in rows:
         run.log("mid_train", int(row["step"]), {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))})
     log.info("mid-training done in %.0f s (%d steps, final loss %.4f) -> %s", time.perf_counter() - t0,
@@ -176,13 +178,29 @@ def _done(run: Run, stage: str) -> str | None:
 
 def run_job(job: JobConfig, resume_dir: str | None = None) -> dict[str, Any]:
     """Run every enabled stage of ``job``; returns (and writes) the summary."""
-    from forge_ray.driver import run_rl
-
     t0 = time.time()
     run = Run.create(job, resume_dir)
+    try:
+        summary = _stages(job, run)
+    except BaseException as e:
+        run.abort(e)  # the W&B run ends as failed instead of being left running
+        raise
+    summary["wall_seconds"] = round(time.time() - t0, 1)
+    plot_curves(run, run.dir / "plots" / "reward.png")
+    run.finish(summary)
+    print_summary(summary)
+    return summary
+
+
+def _stages(job: JobConfig, run: Run) -> dict[str, Any]:
+    """Every enabled stage in order: base model, mid-training, SFT, RL."""
+    from forge_ray.cluster.worker_logs import route_worker_logs
+    from forge_ray.driver import run_rl
+
     rss = PeakRSS()
     device = resolve_device(job.cluster.device)
     init_ray(job)
+    route_worker_logs(run.log_handler)
     summary: dict[str, Any] = {"run_dir": str(run.dir), "device": device, "mode": job.run.mode}
     model = _done(run, "base") or base_model(job, run)
     heldout_pr_loss(job, run, model, "base", summary)
@@ -196,11 +214,7 @@ def run_job(job: JobConfig, resume_dir: str | None = None) -> dict[str, Any]:
         heldout_pr_loss(job, run, model, "sft", summary)
     if job.run.steps > 0:
         summary.update(asyncio.run(run_rl(job, run, model, device)))
-    summary["wall_seconds"] = round(time.time() - t0, 1)
     summary["peak_rss_gb"] = round(rss.stop(), 3)
-    plot_curves(run, run.dir / "plots" / "reward.png")
-    run.finish(summary)
-    print_summary(summary)
     return summary
 
 

@@ -128,6 +128,16 @@ class TrajectoryMeta:
     num_tokens: int
     turn_rewards: tuple[float, ...] = ()  # per assistant turn, when the reward has them
     reward_error: str | None = None  # scoring failed (RewardBreakdown.error): kept out of the loss and the statistics
+    issue: int = 0  # the feeder's issue number of the group's prompt (the learner takes groups in issue order)
+
+
+@dataclass(frozen=True)
+class Advantage:
+    """A trajectory's learning signal: ``value`` on every sampled token, plus ``per_turn[k]`` on
+    assistant turn k's tokens (the step-wise credit; turns past its end get no bonus)."""
+
+    value: float
+    per_turn: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

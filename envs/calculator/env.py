@@ -9,6 +9,9 @@ well formatted and the final answer is right, else 0.
 """
 from __future__ import annotations
 
+import asyncio
+import math
+import random
 import re
 from typing import Any
 
@@ -58,12 +61,25 @@ class CalculatorEnv(EnvBase):
     ``info={"truncated": True}``.
     """
 
-    def __init__(self, max_tool_turns: int = 6):
+    def __init__(self, max_tool_turns: int = 6, tool_latency_s: float = 0.0, tool_latency_sigma: float = 0.0, seed: int | None = None):
         if max_tool_turns < 0:
             raise ValueError(f"max_tool_turns must be >= 0, got {max_tool_turns}")
+        if tool_latency_s < 0 or tool_latency_sigma < 0:
+            raise ValueError(f"tool_latency_s and tool_latency_sigma must be >= 0, got {tool_latency_s}, {tool_latency_sigma}")
         self.max_tool_turns = max_tool_turns
+        self.latency = (tool_latency_s, tool_latency_sigma)
+        self.rng = random.Random(seed)
         self.task: Task | None = None
         self.tool_turns = 0
+
+    async def astep(self, action: Action) -> StepResult:
+        """``step``, after the time a real tool would take: log-normal with median
+        ``tool_latency_s`` and shape ``tool_latency_sigma`` (heavy-tailed, as test runs and
+        sandbox calls are); no wait when ``tool_latency_s`` is 0 or the turn runs no tool."""
+        median, sigma = self.latency
+        if median > 0 and action.tool_calls:
+            await asyncio.sleep(median * math.exp(sigma * self.rng.gauss(0.0, 1.0)))
+        return self.step(action)
 
     def open(self, task: Task) -> Task:
         self.task = task

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["group_advantages", "zero_variance_groups", "turn_credit"]
+__all__ = ["group_advantages", "turn_credit"]
 
 
 def _group_index(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -26,29 +26,6 @@ def _group_minmax(rewards: torch.Tensor, index: torch.Tensor, n_groups: int) -> 
     gmax = init_max.scatter_reduce(0, index, rewards, reduce="amax", include_self=True)
     gmin = init_min.scatter_reduce(0, index, rewards, reduce="amin", include_self=True)
     return gmin, gmax
-
-
-def zero_variance_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
-    """True for every sample whose group has all-equal rewards (exact equality).
-
-    A group of a single sample is trivially all-equal, so it is reported as zero-variance too.
-    Such groups carry no GRPO learning signal (their advantages are 0).
-
-    Args:
-        rewards: (B,) float rewards, one per trajectory.
-        group_ids: (B,) integer group id (e.g. the prompt id); ids need not be contiguous or sorted.
-
-    Returns:
-        (B,) bool tensor.
-    """
-    if rewards.shape != group_ids.shape:
-        raise ValueError(f"rewards {tuple(rewards.shape)} and group_ids {tuple(group_ids.shape)} differ")
-    if rewards.numel() == 0:
-        return torch.zeros(0, dtype=torch.bool, device=rewards.device)
-    rewards = rewards.detach()
-    index, n_groups = _group_index(group_ids)
-    gmin, gmax = _group_minmax(rewards, index, n_groups)
-    return (gmax == gmin)[index]
 
 
 def group_advantages(

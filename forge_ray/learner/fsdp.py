@@ -22,22 +22,32 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
 
 
 def build_model(path: str, dtype: str = "float32", device: str = "cpu") -> Any:
-    """Load ``path`` and shard it with FSDP2: each decoder layer, then the root."""
+    """Load ``path`` and shard it with FSDP2: each decoder layer, then the root.
+
+    bfloat16 on CUDA with a process group is mixed precision: the weights load in float32 (the
+    master copy that the optimizer steps) and FSDP2 gathers them in bfloat16 for forward and
+    backward, reducing gradients in float32 (``MixedPrecisionPolicy``); ``full_state_dict``
+    and ``save_hf`` give bfloat16 tensors, as a bfloat16 model would. Otherwise the weights are
+    ``dtype``, as loaded."""
     import torch
     import torch.distributed as dist
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
+    mixed = device == "cuda" and dtype == "bfloat16" and dist.is_initialized()
+    kwargs: dict[str, Any] = {"dtype": torch.float32 if mixed else getattr(torch, dtype)}
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         kwargs["attn_implementation"] = _gpu_attention()
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.to("cuda" if device == "cuda" else "cpu")
     if dist.is_initialized():
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed else MixedPrecisionPolicy()
         for layer in model.model.layers:
-            fully_shard(layer)
-        fully_shard(model)
+            fully_shard(layer, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+    if mixed:
+        model.export_dtype = torch.bfloat16  # read by full_state_dict and save_hf
     return model
 
 
@@ -57,8 +67,11 @@ def full_state_dict(model: Any) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     if not dist.is_initialized():
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    else:
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    dtype = getattr(model, "export_dtype", None)  # float32 master weights of a bfloat16 model (build_model)
+    return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in state.items()}
 
 
 def weights_for_sync(model: Any, state: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -75,6 +88,9 @@ def save_hf(model: Any, state: dict[str, Any], out_dir: str | Path, tokenizer_sr
     out.mkdir(parents=True, exist_ok=True)
     inner = getattr(model, "module", model)
     inner.save_pretrained(out, state_dict=state, safe_serialization=True)
+    if getattr(model, "export_dtype", None) is not None:  # config.json names the parameters' (master) dtype
+        inner.config.dtype = model.export_dtype
+        inner.config.save_pretrained(out)
     AutoTokenizer.from_pretrained(tokenizer_src).save_pretrained(out)
     return out
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["token_logprobs", "entropy_from_logits", "grpo_loss", "sft_loss"]
+__all__ = ["token_logprobs", "entropy_from_logits", "grpo_loss", "sft_loss", "sft_loss_from_logprobs"]
 
 
 def _check_logits(logits: torch.Tensor, tokens: torch.Tensor | None = None) -> None:
@@ -27,7 +27,8 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     ``out[b, t] = log_softmax(logits[b, t-1])[tokens[b, t]]`` for ``t >= 1``; ``out[b, 0] = 0``.
 
     Computed as ``gathered_logit - logsumexp`` in float32, which materialises one (B, T-1, V)
-    float32 temporary (fine for modest V; chunk over T upstream for very large vocabularies).
+    float32 temporary (fine for modest V; ``chunked.chunked_logprobs`` computes the same from the
+    hidden states without ever holding the whole logits).
 
     Args:
         logits: (B, T, V) model outputs (any float dtype; differentiable).
@@ -168,10 +169,8 @@ def grpo_loss(
 
 
 def sft_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean next-token cross-entropy over the masked target tokens.
-
-    ``mask[b, t] = 1`` means token ``t`` is a target (predicted from ``logits[b, t-1]``);
-    ``mask[:, 0]`` is ignored since token 0 has no prediction.
+    """Mean next-token cross-entropy over the masked target tokens:
+    ``sft_loss_from_logprobs(token_logprobs(logits, tokens), mask)``.
 
     Args:
         logits: (B, T, V).
@@ -179,12 +178,34 @@ def sft_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> 
         mask: (B, T) bool/0-1 aligned with ``tokens``.
 
     Returns:
-        (loss, num_tokens): scalar mean CE in nats (0 with grad if no targets), and the
-        detached 0-dim float count of target tokens (for re-weighting across micro-batches).
+        As :func:`sft_loss_from_logprobs`.
     """
-    lp = token_logprobs(logits, tokens)  # (B, T), column 0 is 0
+    return sft_loss_from_logprobs(token_logprobs(logits, tokens), mask)
+
+
+def sft_loss_from_logprobs(
+    logp: torch.Tensor, mask: torch.Tensor, num_tokens: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy ``-sum(logp * mask) / N`` from token log-probs (as
+    :func:`token_logprobs` or ``chunked.chunked_logprobs`` return them).
+
+    ``mask[b, t] = 1`` means token ``t`` is a target (predicted from position ``t-1``);
+    ``mask[:, 0]`` is ignored since token 0 has no prediction. ``N = num_tokens`` (e.g. the
+    global target count over ranks, divided by the world size when FSDP averages gradients;
+    0 counts as 1) or, by default, this mask's target count clamped to >= 1.
+
+    Args:
+        logp: (B, T) token log-probs, column 0 unused.
+        mask: (B, T) bool/0-1 aligned with ``logp``.
+        num_tokens: normaliser N (defaults to the mask's target count).
+
+    Returns:
+        (loss, num_tokens): scalar CE in nats (0 with grad if no targets), and the detached
+        0-dim float count of this mask's target tokens (for re-weighting across micro-batches).
+    """
     m = mask.bool().clone()
     m[:, 0] = False
-    n = m.sum().to(lp.dtype)
-    loss = -torch.where(m, lp, torch.zeros_like(lp)).sum() / n.clamp(min=1.0)
+    n = m.sum().to(logp.dtype)
+    denom = n.clamp(min=1.0) if num_tokens is None else torch.as_tensor(float(num_tokens) or 1.0, dtype=logp.dtype)
+    loss = -torch.where(m, logp, torch.zeros_like(logp)).sum() / denom.to(logp.device)
     return loss, n.detach()

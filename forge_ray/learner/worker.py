@@ -19,30 +19,36 @@ log = logging.getLogger(__name__)
 
 
 def pad_batch(trajs: list[Any], advantages: list[Any], old_logp: list[Any] | None = None) -> dict[str, Any]:
-    """Right-pad trajectories into tensors: tokens, loss mask, engine logprobs, advantages, and
-    with ``old_logp`` (one 1-D tensor per trajectory) the pre-update trainer logprobs.
+    """Right-pad trajectories into tensors: tokens, loss mask, engine logprobs, token
+    advantages, and with ``old_logp`` (one 1-D tensor per trajectory) the pre-update trainer
+    logprobs. Shapes: tokens/mask/infer_logp/advantages/old_logp (B, T).
 
-    An advantage is a float (the whole trajectory) or a list with one value per turn, spread
-    over that turn's tokens. Shapes: tokens/mask/infer_logp/advantages/old_logp (B, T).
+    An advantage is a float or an ``Advantage``: its value on every token plus its per-turn
+    bonus on that turn's tokens (``advantage.turn_credit``).
     """
     import torch
 
+    from forge_ray.learner.advantage import turn_credit
+    from forge_ray.types import Advantage
+
     T = max(len(t.tokens) for t in trajs)
     B = len(trajs)
+    advs = [a if isinstance(a, Advantage) else Advantage(float(a)) for a in advantages]
+    K = max((len(a.per_turn) for a in advs), default=0)
     tokens = torch.zeros(B, T, dtype=torch.long)
     mask = torch.zeros(B, T)
     infer = torch.zeros(B, T)
-    adv = torch.zeros(B, T)
-    for i, t in enumerate(trajs):
+    turn_index = torch.full((B, T), -1, dtype=torch.long)
+    bonus = torch.zeros(B, K)
+    for i, (t, a) in enumerate(zip(trajs, advs)):
         n = len(t.tokens)
         tokens[i, :n] = torch.tensor(t.tokens)
         mask[i, :n] = torch.tensor(t.loss_mask, dtype=torch.float)
         infer[i, :n] = torch.tensor(t.logprobs)
-        if isinstance(advantages[i], (list, tuple)):
-            for turn, a in zip(t.turns, advantages[i]):
-                adv[i, turn.start : turn.end] = a
-        else:
-            adv[i, :n] = advantages[i]
+        for k, turn in enumerate(t.turns[: len(a.per_turn)]):
+            turn_index[i, turn.start : turn.end] = k
+        bonus[i, : len(a.per_turn)] = torch.tensor(a.per_turn)
+    adv = turn_credit(torch.tensor([a.value for a in advs]), turn_index, bonus, 1.0)
     out = {"tokens": tokens, "mask": mask, "infer_logp": infer, "advantages": adv}
     if old_logp is not None:
         out["old_logp"] = torch.zeros(B, T)
@@ -84,6 +90,7 @@ class FSDPWorker:
 
         init_distributed(self.rank, self.world_size, master_addr, master_port, self.device)
         self.model = build_model(self.model_path, self.dtype, self.device)
+        self.model.train()  # from_pretrained leaves eval mode, in which transformers skips activation checkpointing
         if self.device == "cuda":
             self.model.gradient_checkpointing_enable()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, betas=(0.9, 0.999))
@@ -162,7 +169,7 @@ class FSDPWorker:
         with torch.no_grad():
             for i in range(n):
                 batch = chunks[i] if i < len(chunks) else None
-                _, logp = self._forward(self._device_batch(batch)["tokens"])
+                logp, _ = self._forward(self._device_batch(batch)["tokens"])
                 if batch is not None:
                     out += [logp[j, : len(t.tokens)].cpu() for j, t in enumerate(batch[0])]
         return out
@@ -195,19 +202,20 @@ class FSDPWorker:
             data = pad_batch(*batch)
         return {k: v.to(dev) for k, v in data.items()}
 
-    def _forward(self, tokens: Any) -> tuple[Any, Any]:
-        from forge_ray.learner.loss import token_logprobs
+    def _forward(self, tokens: Any, entropy: bool = False) -> tuple[Any, Any]:
+        """(logp, entropy or None), both (B, T): the logits are ``float() / temperature`` as the
+        engine's, taken ``cfg.logprob_chunk`` positions at a time (the entropy is detached)."""
+        from forge_ray.learner.chunked import model_token_logprobs
 
-        logits = self.model(input_ids=tokens).logits.float() / self.temperature
-        return logits, token_logprobs(logits, tokens)
+        return model_token_logprobs(self.model, tokens, temperature=self.temperature, chunk=self.cfg.logprob_chunk, entropy=entropy)
 
     def _micro_step(self, batch: tuple | None, num_tokens: float, sums: dict[str, float]) -> None:
         import torch
 
-        from forge_ray.learner.loss import entropy_from_logits, grpo_loss
+        from forge_ray.learner.loss import grpo_loss
 
         data = self._device_batch(batch)
-        logits, logp = self._forward(data["tokens"])
+        logp, entropy = self._forward(data["tokens"], entropy=True)
         # pi_old: the pre-update logprobs when the batch has them (PPO steps), else the current
         # policy (a single update: ratio 1). The engine's logprobs enter only through TIS.
         old = data.get("old_logp", logp.detach())
@@ -219,7 +227,7 @@ class FSDPWorker:
         loss.backward()
         k = float(data["mask"].sum())
         with torch.no_grad():
-            ent = (entropy_from_logits(logits) * data["mask"]).sum().item()
+            ent = (entropy * data["mask"]).sum().item()
             mismatch = ((old - data["infer_logp"]).abs() * data["mask"]).sum().item()  # trainer before the update vs engine
         for name in ("clip_frac", "ratio_mean", "tis_mean", "tis_clip_frac", "approx_kl"):
             sums[name] = sums.get(name, 0.0) + m[name] * k

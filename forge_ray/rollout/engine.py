@@ -98,8 +98,13 @@ class VLLMEngine:
         return Generation(list(completion.token_ids), logprobs, completion.finish_reason or "length", self.version)
 
     async def update_weights(self, version: int, bucket_refs: list[Any]) -> dict[str, float]:
-        """Load ``version``'s buckets (ObjectRefs of ``WeightBucket``) and switch to it."""
+        """Load ``version``'s buckets (ObjectRefs of ``WeightBucket``) and switch to it. Each
+        bucket must carry this version, its position and the bucket count, else
+        ``WeightSyncError`` (the engine keeps its version number; its weights are then partly
+        updated and the next complete version replaces them all)."""
         from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        from forge_ray.rollout.weight_sync import check_bucket
 
         t0 = time.perf_counter()
         await self.llm.pause_generation(mode="wait", clear_cache=True)
@@ -107,8 +112,9 @@ class VLLMEngine:
         nbytes = 0
         try:
             await self.llm.start_weight_update()
-            for ref in bucket_refs:
+            for i, ref in enumerate(bucket_refs):
                 bucket: WeightBucket = await ref
+                check_bucket(bucket, version, i, len(bucket_refs))  # before any of it is loaded
                 nbytes += bucket.nbytes
                 await self.llm.update_weights(WeightTransferUpdateRequest(update_info=bucket.payload))
             await self.llm.finish_weight_update(str(version))

@@ -18,7 +18,7 @@ from forge_ray.types import Status, Task, Trajectory, TrajectoryMeta
 log = logging.getLogger(__name__)
 
 
-def trajectory_meta(traj: Trajectory) -> TrajectoryMeta:
+def trajectory_meta(traj: Trajectory, issue: int = 0) -> TrajectoryMeta:
     return TrajectoryMeta(
         task_id=traj.task_id,
         group_id=traj.group_id,
@@ -29,6 +29,7 @@ def trajectory_meta(traj: Trajectory) -> TrajectoryMeta:
         num_tokens=traj.num_sampled,
         turn_rewards=tuple(traj.reward.per_turn or ()) if traj.reward else (),
         reward_error=(traj.reward.error if traj.reward else "not scored") if traj.status != Status.ENV_FAILURE else None,
+        issue=issue,
     )
 
 
@@ -65,8 +66,9 @@ class RolloutWorker:
         traj = await run_episode(self.engine.generate, env, task, self.tokenizer, spec, group_id=group_id, sample_index=i)
         return traj, env.failed
 
-    async def run_group(self, task: Task, group_id: str, n: int, buffer: Any) -> list[TrajectoryMeta]:
-        """Play ``n`` samples of ``task``, then put them into the object store and the buffer.
+    async def run_group(self, task: Task, group_id: str, n: int, buffer: Any, issue: int = 0) -> list[TrajectoryMeta]:
+        """Play ``n`` samples of ``task`` (issued as the feeder's ``issue``-th prompt), then put
+        them into the object store and the buffer.
         Nothing is buffered until the whole group has ended (the buffer releases only complete
         groups anyway): if the env pool failed under any sample, the group is discarded and
         ``EnvPoolError`` raised, so the feeder re-queues the prompt and no partial group is
@@ -80,7 +82,7 @@ class RolloutWorker:
         failed = [reason for _, reason in played if reason]
         if failed:
             raise EnvPoolError(f"group {group_id}: {len(failed)} of {n} episodes lost to the env pool ({failed[0]})")
-        metas = [trajectory_meta(traj) for traj, _ in played]
+        metas = [trajectory_meta(traj, issue) for traj, _ in played]
         # This actor owns the objects: if it dies, the learner meets ``TrajectoriesLost``.
         await asyncio.gather(*(buffer.put.remote(meta, [ray.put(traj)]) for meta, (traj, _) in zip(metas, played)))
         for traj, _ in played:
@@ -152,14 +154,14 @@ class RolloutGroup:
                 return min(alive, key=self.load.__getitem__)
             await asyncio.wait([asyncio.ensure_future(e.wait()) for e in self.ready], return_when=asyncio.FIRST_COMPLETED)
 
-    async def run_group(self, task: Task, group_id: str, n: int, buffer: Any) -> list[TrajectoryMeta]:
+    async def run_group(self, task: Task, group_id: str, n: int, buffer: Any, issue: int = 0) -> list[TrajectoryMeta]:
         from ray.exceptions import RayActorError
 
         i = await self._pick()
         worker = self.workers[i]
         self.load[i] += 1
         try:
-            return await worker.run_group.remote(task, group_id, n, buffer)
+            return await worker.run_group.remote(task, group_id, n, buffer, issue)
         except RayActorError:
             await self._revive(i, worker)
             raise  # the caller re-queues the prompt

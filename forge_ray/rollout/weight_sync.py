@@ -72,6 +72,19 @@ def bucketize(named: list[tuple[str, Any]], bucket_bytes: int) -> list[list[tupl
     return [b for b in buckets if b]
 
 
+class WeightSyncError(RuntimeError):
+    """A weight update that does not belong to the version being loaded, or is incomplete."""
+
+
+def check_bucket(bucket: Any, version: int, index: int, count: int) -> None:
+    """Refuse bucket ``index`` of ``count`` for ``version`` unless it says it is exactly that
+    (a bucket of another version, out of order, or a version cut short would leave the engine
+    serving a mix of two policies under one version number)."""
+    got = (bucket.version, bucket.index, bucket.count)
+    if got != (version, index, count):
+        raise WeightSyncError(f"weight bucket {index} of {count} for v{version}: got bucket {got[1]} of {got[2]} for v{got[0]}")
+
+
 def tensor_digest(t: Any) -> str:
     """sha256 of a tensor's bytes: the per-tensor checksum the sync test compares."""
     import torch

@@ -88,12 +88,13 @@ def _to_device(batch: dict, device: Any) -> tuple[Any, Any, Any]:
     return tuple(batch[k].to(device) for k in ("input_ids", "position_ids", "targets"))
 
 
-def packed_nll(model: Any, input_ids: Any, position_ids: Any, targets: Any) -> Any:
-    """Summed next-token NLL over the targets that are not -100 (float32, differentiable)."""
-    import torch.nn.functional as F
+def packed_nll(model: Any, input_ids: Any, position_ids: Any, targets: Any, chunk: int = 1024) -> Any:
+    """Summed next-token NLL over the targets that are not -100 (float32, differentiable); the LM
+    head and log-softmax run ``chunk`` positions at a time (0: the full logits at once)."""
+    from forge_ray.learner.chunked import model_logprobs
 
-    logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    logp, _ = model_logprobs(model, input_ids, targets, chunk=chunk, position_ids=position_ids)
+    return -logp.sum()
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -167,7 +168,7 @@ def _train_step(model: Any, opt: Any, rows: list[dict], cfg: dict, lr: float, de
     micro = cfg.get("micro_batch") or len(rows)
     total = torch.zeros((), device=device)
     for i in range(0, len(rows), micro):
-        loss = packed_nll(model, ids[i : i + micro], pos[i : i + micro], tgt[i : i + micro]) * scale
+        loss = packed_nll(model, ids[i : i + micro], pos[i : i + micro], tgt[i : i + micro], cfg.get("logprob_chunk", 1024)) * scale
         loss.backward()
         total += loss.detach() / world
     for g in opt.param_groups:
@@ -272,13 +273,14 @@ def _finish(model: Any, cfg: dict, history: list[dict], rank: int) -> None:
 def run_midtrain(
     stages: list[dict], model_path: str, out_dir: Path, device: str, *, lr: float, batch_size: int, epochs: int,
     seq_len: int, num_workers: int, seed: int = 0, checkpoint_every: int = 50, dtype: str = "float32",
-    report_every: int = 10, micro_batch: int | None = None, max_steps: int | None = None,
+    report_every: int = 10, micro_batch: int | None = None, max_steps: int | None = None, logprob_chunk: int = 1024,
 ) -> list[dict]:
     """Mid-train ``model_path`` on ``stages`` (``[{"name", "shards"}]``, in order) with Ray Train
     into the HF folder ``out_dir``; resumes from ``out_dir.parent / "midtrain-resume"`` when it
     holds a checkpoint of the same plan. ``max_steps`` stops early (checkpointed, HF folder
     written) so that a later call continues. ``micro_batch`` caps the sequences of one forward
-    (gradients accumulate over a rank's slice). Ray Train takes about one report per 2 s (its
+    (gradients accumulate over a rank's slice); ``logprob_chunk`` bounds the logits' memory
+    (``learner.logprob_chunk``). Ray Train takes about one report per 2 s (its
     result queue holds one), so a ``report_every`` shorter than that slows training down.
     Returns every metrics row of the run so far (``attempt`` counts the calls that made them)."""
     from forge_ray.train.sft import fit
@@ -289,6 +291,7 @@ def run_midtrain(
         model=str(model_path), out=str(out_dir), dtype=dtype, device=device, lr=lr, batch_size=batch_size,
         epochs=epochs, seq_len=seq_len, seed=seed, report_every=report_every, checkpoint_every=checkpoint_every,
         resume_dir=str(out_dir.parent.resolve() / "midtrain-resume"), micro_batch=micro_batch, max_steps=max_steps,
+        logprob_chunk=logprob_chunk,
     )
     return fit(midtrain_loop, cfg, "midtrain", out_dir, num_workers, device)
 

@@ -76,14 +76,16 @@ def sft_loop(cfg: dict) -> None:
     import torch
     import torch.distributed as dist
 
+    from forge_ray.learner.chunked import model_token_logprobs
     from forge_ray.learner.fsdp import build_model, full_state_dict, save_hf
-    from forge_ray.learner.loss import token_logprobs
+    from forge_ray.learner.loss import sft_loss_from_logprobs
 
     torch.set_num_threads(1)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     rows = [json.loads(line) for line in open(cfg["data"])]
     model = build_model(cfg["model"], cfg["dtype"], cfg["device"])
+    device = torch.device("cuda", torch.cuda.current_device()) if cfg["device"] == "cuda" else torch.device("cpu")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.01)
     bs = cfg["batch_size"]
     per_epoch = len(rows) // bs
@@ -96,10 +98,10 @@ def sft_loop(cfg: dict) -> None:
         for b in range(per_epoch):
             batch = [rows[i] for i in order[b * bs : (b + 1) * bs]]
             n_tokens = sum(sum(r["mask"]) for r in batch)
-            tokens, mask = _pad(batch[rank::world])
-            logp = token_logprobs(model(input_ids=tokens).logits.float(), tokens)
+            tokens, mask = (t.to(device) for t in _pad(batch[rank::world]))
+            logp, _ = model_token_logprobs(model, tokens, chunk=cfg.get("logprob_chunk", 1024))
             # Sum over this rank's tokens / the global count, times world: FSDP averages grads.
-            loss = -(logp * mask).sum() / n_tokens * world
+            loss, _ = sft_loss_from_logprobs(logp, mask, num_tokens=n_tokens / world)
             loss.backward()
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, cfg["lr"])
@@ -127,7 +129,8 @@ def run_sft(job: JobConfig, model_path: str, data_path: Path, out_dir: Path, dev
     metrics rank 0 recorded every ``report_every`` steps."""
     s = job.sft
     cfg = dict(data=str(data_path), model=model_path, out=str(out_dir), dtype=job.model.dtype, device=device,
-               lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, seed=s.seed, report_every=10)
+               lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, seed=s.seed, report_every=10,
+               logprob_chunk=job.learner.logprob_chunk)
     return fit(sft_loop, cfg, "sft", out_dir, s.num_workers, device)
 
 

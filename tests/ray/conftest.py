@@ -11,7 +11,7 @@ def pytest_collection_modifyitems(items):
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}})
+    ray.init(address="local", num_cpus=8, include_dashboard=False, runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     ray.shutdown()
 

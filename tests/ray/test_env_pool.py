@@ -191,7 +191,8 @@ def test_env_actor_killed_mid_run(ray_cluster, tmp_path, tiny_model, monkeypatch
         killer.stop.set()
     assert killer.killed_at is not None
     assert summary["prompts_consumed"] == STEPS * GROUPS
-    assert summary["prompts_issued"] == summary["prompts_consumed"] + summary["prompts_requeued"] + summary["prompts_outstanding"]
+    assert summary["prompts_issued"] == summary["prompts_consumed"] + summary["prompts_requeued"] + summary["prompts_abandoned"] + summary["prompts_outstanding"]
+    assert summary["prompts_lost"] == 0
     assert summary["prompts_requeued"] >= 1
     log = (Path(summary["run_dir"]) / "log.txt").read_text()
     lost = {line.split("group ")[1].split("#")[0] for line in log.splitlines() if "EnvPoolError" in line and "re-queued" in line}

@@ -52,7 +52,8 @@ def test_rollout_engine_and_learner_rank_die_mid_run(ray_cluster, tmp_path, tiny
     assert [name for _, name in killer.killed] == ["forge/rollout-0", "forge/learner-1"]
     assert summary["rollout_restarts"] == 1 and summary["learner_restarts"] == 1
     assert summary["prompts_consumed"] == STEPS * GROUPS
-    assert summary["prompts_issued"] == summary["prompts_consumed"] + summary["prompts_requeued"] + summary["prompts_outstanding"]
+    assert summary["prompts_issued"] == summary["prompts_consumed"] + summary["prompts_requeued"] + summary["prompts_abandoned"] + summary["prompts_outstanding"]
+    assert summary["prompts_lost"] == 0
     rows = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["stage"] == "rl"] == list(range(1, STEPS + 1))
     assert 0.0 <= summary["rl_success"] <= 1.0

@@ -35,7 +35,8 @@ def test_run_survives_losing_a_node(tiny_model, tmp_path):
     assert result["engine_node_after"] == result["head_node"]
     assert summary["rollout_restarts"] == 1
     assert summary["prompts_consumed"] == STEPS * GROUPS
-    assert summary["prompts_issued"] == summary["prompts_consumed"] + summary["prompts_requeued"] + summary["prompts_outstanding"]
+    assert summary["prompts_issued"] == summary["prompts_consumed"] + summary["prompts_requeued"] + summary["prompts_abandoned"] + summary["prompts_outstanding"]
+    assert summary["prompts_lost"] == 0
     assert summary["prompts_requeued"] >= 1  # at least the groups that were playing on the lost node
     rows = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["stage"] == "rl"] == list(range(1, STEPS + 1))

@@ -23,7 +23,8 @@ def run(tmp_path, *extra):
 
 def check_ledger(summary, job_steps=3, groups=4):
     assert summary["prompts_consumed"] == job_steps * groups  # each step consumed M groups, each prompt once
-    assert summary["prompts_issued"] == summary["prompts_consumed"] + summary["prompts_requeued"] + summary["prompts_outstanding"]
+    assert summary["prompts_issued"] == summary["prompts_consumed"] + summary["prompts_requeued"] + summary["prompts_abandoned"] + summary["prompts_outstanding"]
+    assert summary["prompts_lost"] == 0
 
 
 def test_async_with_sft(ray_cluster, tmp_path, tiny_model):

@@ -82,7 +82,8 @@ def test_sigkill_driver_then_resume(tmp_path, tiny_model):
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["prompts_consumed"] == STEPS * GROUPS  # each step consumed M groups, each prompt once
-    assert summary["prompts_issued"] == summary["prompts_consumed"] + summary["prompts_requeued"] + summary["prompts_outstanding"]
+    assert summary["prompts_issued"] == summary["prompts_consumed"] + summary["prompts_requeued"] + summary["prompts_abandoned"] + summary["prompts_outstanding"]
+    assert summary["prompts_lost"] == 0
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rl = [r for r in rows if r["stage"] == "rl"]
     assert [r["step"] for r in rl] == list(range(1, STEPS + 1))  # no gap, no repeat

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from forge_ray.learner.advantage import group_advantages, turn_credit, zero_variance_groups
+from forge_ray.learner.advantage import group_advantages, turn_credit
 
 
 def test_single_group_sample_std():
@@ -67,15 +67,6 @@ def test_integer_rewards_give_float():
     out = group_advantages(torch.tensor([1, 0]), torch.tensor([0, 0]), normalize_std=False)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, torch.tensor([0.5, -0.5]))
-
-
-def test_zero_variance_groups():
-    # group 0: [1,1] equal -> True; group 1: [0,2] -> False; group 2: [3,3] -> True;
-    # group 9: single sample -> trivially all-equal -> True
-    r = torch.tensor([1.0, 1.0, 0.0, 2.0, 3.0, 3.0, 7.0])
-    g = torch.tensor([0, 0, 1, 1, 2, 2, 9])
-    expected = torch.tensor([True, True, False, False, True, True, True])
-    assert torch.equal(zero_variance_groups(r, g), expected)
 
 
 def test_shape_mismatch_raises():

@@ -304,3 +304,27 @@ def test_demonstrations_take_sft_env_kwargs_over_env_kwargs():
     assert any(source.answers_directly(t) for t in tasks)
     with pytest.raises(ValueError, match="ops"):
         CalculatorTasks(ops=["div"])
+
+
+def test_tool_latency_is_log_normal_and_only_on_tool_turns(monkeypatch):
+    import asyncio
+    import math
+    import statistics
+
+    waits = []
+
+    async def fake_sleep(s):
+        waits.append(s)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    env = CalculatorEnv(max_tool_turns=1000, tool_latency_s=0.2, tool_latency_sigma=1.0, seed=0)
+    env.open(Task("t", "1+2", [], [], answer={"value": 3}))
+    call = Action(text="", tool_calls=[ToolCall("add", {"a": 1, "b": 2})])
+    results = [asyncio.run(env.astep(call)) for _ in range(400)]
+    assert results[0].messages[0]["content"] == "3" and len(waits) == 400
+    logs = [math.log(w / 0.2) for w in waits]  # log(wait / median) ~ N(0, sigma^2)
+    assert abs(statistics.mean(logs)) < 0.15 and 0.85 < statistics.stdev(logs) < 1.15
+    asyncio.run(env.astep(Action(text="Answer: 3", tool_calls=[])))  # a final answer runs no tool: no wait
+    assert len(waits) == 400
+    with pytest.raises(ValueError, match="tool_latency"):
+        CalculatorEnv(tool_latency_s=-1)

@@ -23,16 +23,31 @@ def test_pool_ledger_and_requeue_order():
     assert again.id == a.id and attempt == 2  # re-queued prompts go first, with a new attempt number
     pool.consume(b.id)
     pool.consume(a.id)
-    assert pool.check(Counter()) == {"prompts_issued": 3, "prompts_consumed": 2, "prompts_requeued": 1, "prompts_outstanding": 0}
-    with pytest.raises(AccountingError, match="consumed twice"):
+    assert pool.check(Counter()) == {"prompts_issued": 3, "prompts_consumed": 2, "prompts_requeued": 1, "prompts_abandoned": 0,
+                                     "prompts_outstanding": 0, "prompts_lost": 0}
+    with pytest.raises(AccountingError, match="none of its issues is outstanding"):
         pool.consume(a.id)
 
 
-def test_pool_check_catches_a_lost_prompt():
-    pool = PromptPool(tasks(2))
-    pool.next()
-    with pytest.raises(AccountingError, match="issued 1"):
-        pool.check(Counter())
+def test_pool_tells_a_lost_prompt_from_an_outstanding_one():
+    pool = PromptPool(tasks(3))
+    a, _ = pool.next()
+    b, _ = pool.next()
+    c, _ = pool.next()
+    pool.abandon(c.id)  # still generating when the run stopped
+    assert pool.check(Counter({a.id: 1, b.id: 1}))["prompts_outstanding"] == 2  # both buffered: outstanding, not lost
+    assert pool.lost(Counter({a.id: 1})) == Counter({b.id: 1})
+    with pytest.raises(AccountingError, match=f"1 prompts lost: e.g. {b.id}"):
+        pool.check(Counter({a.id: 1}))  # b is neither generating nor buffered
+    assert pool.check(Counter({a.id: 1, b.id: 1}))["prompts_abandoned"] == 1
+
+
+def test_pool_refuses_to_settle_an_issue_twice():
+    pool = PromptPool(tasks(1))
+    t, _ = pool.next()
+    pool.requeue(t.id)
+    with pytest.raises(AccountingError, match="re-queued but none"):
+        pool.requeue(t.id)
 
 
 class ScriptedRollout:
@@ -42,7 +57,7 @@ class ScriptedRollout:
         self.calls = []
         self.fail_once = fail_once
 
-    async def run_group(self, task, group_id, n, buffer):
+    async def run_group(self, task, group_id, n, buffer, **_):
         self.calls.append(group_id)
         await asyncio.sleep(0.01)
         if task.id == self.fail_once and group_id.endswith("#1"):
@@ -95,28 +110,28 @@ def test_resume_requeues_what_was_generating_and_keeps_the_ledger_exact():
         pool.next()
     pool.consume("t0")
     pool.consume("t1")
-    untaken = {"t2": 1, "t3": 1, "t4": 1}  # t2 buffered, t3 and t4 generating
-    saved = pool.state()
+    saved = pool.state()  # t2 buffered, t3 and t4 generating: all three outstanding
 
     async def part2():
         fresh = PromptPool(tasks(8))
         fresh.restore(saved)
         feeder = Feeder(fresh, None, None, group_size=2, batch_prompts=2, batch_groups=2, max_staleness=1)
         buffered = Counter({"t2": 1})
-        requeue = inflight(untaken, buffered)
-        feeder.restore(steps=1, trajectories=10, busy_seconds=1.0, buffered=buffered, requeue=requeue)
+        requeue = inflight(fresh.outstanding, buffered)
+        feeder.restore(steps=1, trajectories=10, busy_seconds=1.0, requeue=requeue)
         return fresh, feeder, requeue
 
     fresh, feeder, requeue = asyncio.run(part2())
     assert sorted(requeue) == ["t3", "t4"]
     assert feeder.issued == 5 and feeder.extra == 2 and feeder.steps == 1
-    assert fresh.check(feeder.untaken)["prompts_outstanding"] == 1  # t2; t3 and t4 are re-queued
+    assert fresh.check(Counter({"t2": 1}))["prompts_outstanding"] == 1  # t2; t3 and t4 are re-queued
     order = [fresh.next()[0].id for _ in range(5)]
     assert order[:2] == ["t3", "t4"] or order[:2] == ["t4", "t3"]  # re-queued prompts first
     assert set(order[2:]) == {"t5", "t6", "t7"}
     for t in ["t2", *order]:
         fresh.consume(t)
-    assert fresh.check(Counter()) == {"prompts_issued": 10, "prompts_consumed": 8, "prompts_requeued": 2, "prompts_outstanding": 0}
+    assert fresh.check(Counter()) == {"prompts_issued": 10, "prompts_consumed": 8, "prompts_requeued": 2, "prompts_abandoned": 0,
+                                      "prompts_outstanding": 0, "prompts_lost": 0}
 
 
 def test_restore_rejects_a_ledger_of_other_prompts():
@@ -132,7 +147,7 @@ class BrokenRollout:
     def __init__(self):
         self.calls = Counter()
 
-    async def run_group(self, task, group_id, n, buffer):
+    async def run_group(self, task, group_id, n, buffer, **_):
         self.calls[task.id] += 1
         await asyncio.sleep(0.001)
         raise ValueError("env exploded")
@@ -152,7 +167,7 @@ def test_feeder_gives_up_on_a_prompt_that_always_fails():
         assert never.cancelled()
         await feeder.stop()
         assert max(rollout.calls.values()) >= 3
-        assert pool.check(feeder.untaken)["prompts_consumed"] == 0  # the ledger still balances
+        assert pool.check(Counter())["prompts_consumed"] == 0  # the ledger still balances: every issue re-queued or abandoned
 
     asyncio.run(scenario())
 
@@ -165,3 +180,26 @@ def test_feeder_guard_passes_results_through():
         await feeder.stop()
 
     asyncio.run(scenario())
+
+
+class SlowRollout:
+    """Groups that never finish on their own: only stopping the feeder ends them."""
+
+    async def run_group(self, task, group_id, n, buffer, **_):
+        await asyncio.sleep(3600)
+
+
+def test_stopping_marks_groups_still_playing_abandoned_not_lost():
+    async def scenario():
+        pool = PromptPool(tasks(10))
+        feeder = Feeder(pool, SlowRollout(), None, group_size=2, batch_prompts=3, batch_groups=2, max_staleness=0)
+        feeder.start()
+        await asyncio.sleep(0.05)
+        assert feeder.generating == Counter({"t0": 1, "t1": 1, "t2": 1})
+        with pytest.raises(AccountingError, match="3 prompts lost"):
+            pool.check(Counter())  # before the stop they are outstanding, and the buffer holds none of them
+        await feeder.stop()
+        return pool.check(Counter())
+
+    assert asyncio.run(scenario()) == {"prompts_issued": 3, "prompts_consumed": 0, "prompts_requeued": 0, "prompts_abandoned": 3,
+                                       "prompts_outstanding": 0, "prompts_lost": 0}

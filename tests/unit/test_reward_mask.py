@@ -16,7 +16,7 @@ def test_score_errors_leave_loss_and_statistics():
         g.refs.append(f"ref-{i}")
     plan = plan_update([g], drop_zero_variance=True)
     assert plan.score_errors == 1 and plan.env_failures == 0 and plan.masked == 0
-    advs = {box[0]: adv for box, adv, _ in plan.items}
+    advs = {box[0]: adv.value for box, adv, _ in plan.items}
     assert "ref-2" not in advs
     # statistics over [1, 0, 0]: mean 1/3, sample std sqrt(1/3) -> (1 - 1/3) / 0.5774 = 1.1547
     assert advs["ref-0"] == pytest.approx(1.1547, abs=1e-3) and advs["ref-1"] == pytest.approx(-0.5774, abs=1e-3)

@@ -51,3 +51,19 @@ def test_reload_warnings_dropped_only_for_layers_without_weights():
     assert not tied.filter(record(failed, "ParallelLMHead"))
     assert untied.filter(record(failed, "ParallelLMHead"))  # an untied head must load its own weights
     assert tied.filter(record(failed, "QKVParallelLinear")) and tied.filter(record("%s: Delayed processing", "RotaryEmbedding"))
+
+
+def test_engine_refuses_buckets_of_another_version_or_count():
+    import pytest
+
+    from forge_ray.rollout.weight_sync import WeightSyncError, check_bucket
+    from forge_ray.types import WeightBucket
+
+    b = WeightBucket(version=3, index=1, count=2, payload={}, nbytes=0)
+    check_bucket(b, 3, 1, 2)
+    with pytest.raises(WeightSyncError, match=r"bucket 1 of 2 for v4: got bucket 1 of 2 for v3"):
+        check_bucket(b, 4, 1, 2)  # a stale version's bucket
+    with pytest.raises(WeightSyncError, match="got bucket 1 of 2"):
+        check_bucket(b, 3, 1, 3)  # the refs hold fewer buckets than the version has
+    with pytest.raises(WeightSyncError):
+        check_bucket(b, 3, 0, 2)  # out of order
