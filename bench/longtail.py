@@ -6,8 +6,10 @@ The quickstart's calculator task, but every tool call waits a log-normal time fi
 ``--median`` s, shape ``--sigma``: most calls are quick, a few take many times the median, as
 test runs and sandbox calls do). Oversampling (``rollout.batch_prompts`` N > ``learner.batch_groups``
 M) and ``run.max_staleness`` let async mode train on the groups that are done while slow ones
-finish; sync mode waits for the slowest episode of every batch. Same model, steps and seed in
-both; prints the table of ``bench/modes.py`` and writes ``async_over_sync`` (trajectories/s).
+finish; sync mode waits for the slowest episode of every batch. Sync gets N = M: with more, the
+surplus groups of a batch would be stale after its update and thrown away. Same model, steps
+and seed in both; prints the table of ``bench/modes.py`` and writes ``async_over_sync``
+(trajectories/s).
 """
 from __future__ import annotations
 
@@ -24,13 +26,14 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     sets = [f"env.env_kwargs={{tool_latency_s: {args.median}, tool_latency_sigma: {args.sigma}}}",
-            "rollout.batch_prompts=24", "learner.batch_groups=16", "run.max_staleness=2", "env.eval_tasks=50", *args.set]
-    results = run_modes(args.model, args.job, args.steps, sets, "longtail")
+            "learner.batch_groups=16", "run.max_staleness=2", "env.eval_tasks=50", *args.set]
+    per_mode = {"sync": ["rollout.batch_prompts=16"], "async": ["rollout.batch_prompts=24"]}
+    results = run_modes(args.model, args.job, args.steps, sets, "longtail", per_mode)
     print_table(results)
     ratio = results["async"]["trajectories_per_s"] / results["sync"]["trajectories_per_s"]
     print(f"\nasync_over_sync (trajectories/s): {ratio:.2f}")
     write(args.out, {"steps": args.steps, "model": args.model, "tool_latency_median_s": args.median, "tool_latency_sigma": args.sigma,
-                     "sets": sets, "async_over_sync": ratio, **results})
+                     "sets": sets, "per_mode": per_mode, "async_over_sync": ratio, **results})
 
 
 if __name__ == "__main__":

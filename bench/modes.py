@@ -18,15 +18,17 @@ from typing import Any
 KEYS = ("trajectories_per_s", "rollout_idle_frac", "learner_idle_frac", "rl_wall_seconds", "sync_seconds_mean", "sft_success", "rl_success", "peak_rss_gb")
 
 
-def run_modes(model: str, job_path: str, steps: int, sets: list[str], name: str) -> dict[str, dict[str, Any]]:
-    """Run ``job_path`` from ``model`` for ``steps`` RL steps in sync, then async mode."""
+def run_modes(model: str, job_path: str, steps: int, sets: list[str], name: str,
+              per_mode: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
+    """Run ``job_path`` from ``model`` for ``steps`` RL steps in sync, then async mode
+    (``per_mode[mode]``: overrides for that mode only, after ``sets``)."""
     from forge_ray.config import load_job
     from forge_ray.pipeline import run_job
 
     results = {}
     for mode in ("sync", "async"):
         job = load_job(job_path, [f"model.path={model}", "sft.enabled=false", f"run.steps={steps}", f"run.mode={mode}",
-                                  f"run.name={name}-{mode}", "run.wandb_mode=disabled", *sets])
+                                  f"run.name={name}-{mode}", "run.wandb_mode=disabled", *sets, *(per_mode or {}).get(mode, [])])
         summary = run_job(job)
         results[mode] = {k: summary.get(k) for k in KEYS}
     return results
