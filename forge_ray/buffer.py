@@ -86,7 +86,9 @@ class TrajectoryBuffer:
         """Wait for ``n`` complete groups that are fresh enough for a learner at ``version``
         and take the ``n`` whose prompts were issued first. A group that took long is thus
         taken as soon as it completes, ahead of younger ones: slow episodes are late, never
-        passed over. Stale groups met on the way are removed and returned separately."""
+        passed over. Stale groups met on the way are removed and returned separately, at once
+        (with the fresh groups there are, maybe fewer than ``n``): their prompts must be
+        re-queued before the fresh groups that replace them can exist."""
         stale: list[Group] = []
         taken: list[Group] = []
 
@@ -95,7 +97,7 @@ class TrajectoryBuffer:
             for g in self._ready:
                 (stale if g.lag(version) > self.max_staleness else keep).append(g)
             self._ready[:] = keep
-            return len(self._ready) >= n - len(taken)
+            return len(self._ready) >= n or bool(stale)
 
         async with self._cond:
             try:

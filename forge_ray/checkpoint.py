@@ -38,6 +38,8 @@ class DriverState:
     wall: float = 0.0  # RL seconds spent before this checkpoint
     sync_seconds: list[float] = field(default_factory=list)
     before: dict[str, Any] = field(default_factory=dict)  # evaluation of the starting policy
+    guard: dict[str, Any] = field(default_factory=dict)  # CollapseGuard.state_dict()
+    lr_scale: float = 1.0  # learning-rate factor left by the guard's rollbacks
 
 
 @dataclass
@@ -77,6 +79,13 @@ async def save(run_dir: Path, step: int, driver_state: Callable[[], DriverState]
         shutil.rmtree(old, ignore_errors=True)
     log.info("checkpoint %s: step %d, version %d, %d buffered groups", path.name, state.step, state.version, len(groups))
     return path
+
+
+def at_or_before(run_dir: str | Path, step: int) -> Path | None:
+    """The newest complete RL checkpoint of a run taken at ``step`` or earlier, or None."""
+    root = Path(run_dir) / "checkpoints"
+    done = [p for p in root.glob("rl-step-*") if (p / "driver.json").exists() and int(p.name.rsplit("-", 1)[1]) <= step]
+    return max(done, default=None, key=lambda p: p.name)
 
 
 def load(path: Path) -> Restored:

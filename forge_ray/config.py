@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from forge_ray.guard import GuardConfig
+
 
 class ConfigError(ValueError):
     """A job file or override names an unknown key or holds a value of the wrong type."""
@@ -102,6 +104,7 @@ class RolloutConfig:
     kv_cache_mb: int = 512  # KV-cache memory per engine on CPU
     gpu_memory_utilization: float = 0.5  # KV-cache share of GPU memory per engine (GPU only)
     bucket_mb: int = 64  # weight-sync bucket size
+    weight_sync: Literal["host", "collective"] = "collective"  # collective: learner rank 0 broadcasts into the engines over gloo (NCCL on GPU), 2.9x faster per sync at 135M on CPU; host: buckets through the object store, also the fallback (docs/scaling.md)
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,7 @@ class JobConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)  # collapse guard over the RL metrics (forge_ray/guard.py)
     job: JobSpecConfig = field(default_factory=JobSpecConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -220,7 +224,10 @@ def build_job(sections: dict[str, Any], source: str = "<dict>") -> JobConfig:
             if key not in fields:
                 raise ConfigError(f"{source}: unknown key '{name}.{key}' (known: {', '.join(fields)})")
             values[key] = _coerce(value, fields[key], f"{source}: {name}.{key}")
-        built[name] = cls(**values)
+        try:
+            built[name] = cls(**values)
+        except ValueError as e:  # a section's own check (e.g. GuardConfig.__post_init__)
+            raise ConfigError(f"{source}: {e}") from None
     job = JobConfig(**built)
     _check_tiny_shape(job.model, source)
     _check_learner(job.learner, source)

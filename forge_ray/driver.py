@@ -103,6 +103,7 @@ async def run_rl(job: JobConfig, run: Run, model_path: str, device: str) -> dict
 async def _train(job: JobConfig, run: Run, actors: Actors) -> dict[str, Any]:
     from envs import make_tasks
     from forge_ray.feeder import Feeder, PromptPool
+    from forge_ray.guard import CollapseGuard
 
     rollout, learner = actors.rollout, actors.learner
     with run.timer("startup"):
@@ -113,14 +114,17 @@ async def _train(job: JobConfig, run: Run, actors: Actors) -> dict[str, Any]:
     pool = PromptPool(source.tasks("train", job.env.train_tasks, job.env.seed))
     feeder = Feeder(pool, rollout, actors.buffer, group_size=job.rollout.group_size, batch_prompts=job.rollout.batch_prompts,
                     batch_groups=job.learner.batch_groups, max_staleness=staleness(job))
-    state = await _begin(job, run, actors, feeder, heldout)
+    guard = CollapseGuard(job.guard)
+    state = await _begin(job, run, actors, feeder, heldout, guard)
     feeder.start()
     run.pop_timers()
     t_start = time.perf_counter() - state.wall
     for step in range(state.step + 1, job.run.steps + 1):
-        await _step(job, run, step, state, actors, feeder, t_start)
+        row = await _step(job, run, step, state, actors, feeder, t_start)
+        if await _watch(job, run, state, actors, guard, step, row):
+            break
         if job.run.checkpoint_every and step % job.run.checkpoint_every == 0 and step < job.run.steps:
-            await _checkpoint(job, run, state, actors, feeder, t_start)
+            await _checkpoint(job, run, state, actors, feeder, guard, t_start)
 
     await feeder.stop()  # groups still playing are abandoned; untaken complete groups stay buffered
     wall = time.perf_counter() - t_start
@@ -136,11 +140,13 @@ async def _train(job: JobConfig, run: Run, actors: Actors) -> dict[str, Any]:
         "rollout_idle_frac": 1 - feeder.busy() / wall, "learner_idle_frac": 1 - state.learner_busy / wall,
         "sync_seconds_mean": sum(state.sync_seconds) / max(len(state.sync_seconds), 1),
         "engine_start_seconds": engine_seconds, "rollout_restarts": rollout.restarts, "learner_restarts": learner.restarts, **ledger,
+        "weight_sync": job.rollout.weight_sync, "weight_groups": rollout.epochs,
+        "rl_steps": state.step, "guard_verdicts": len(run.read_metrics("guard")), "lr_scale": state.lr_scale,
         **({"by_category": {"sft": state.before["by_category"], "rl": after["by_category"]}} if "by_category" in after else {}),
     }
 
 
-async def _begin(job: JobConfig, run: Run, actors: Actors, feeder: Feeder, heldout: list) -> DriverState:
+async def _begin(job: JobConfig, run: Run, actors: Actors, feeder: Feeder, heldout: list, guard: Any) -> DriverState:
     """Evaluate the starting policy; or, when the run directory has an RL checkpoint, continue
     from it: learner state, engine weights, prompt ledger, buffered groups, step axis."""
     path = checkpoint.latest(run.dir)
@@ -152,7 +158,11 @@ async def _begin(job: JobConfig, run: Run, actors: Actors, feeder: Feeder, heldo
     restored = checkpoint.load(path)
     state = restored.state
     await actors.learner.load_checkpoint(str(path))
-    await actors.rollout.update_weights(state.version, await actors.learner.export_weights(state.version, job.rollout.bucket_mb))
+    if state.lr_scale != 1.0:
+        await actors.learner.set_lr_scale(state.lr_scale)
+    if state.guard:
+        guard.load_state_dict(state.guard)
+    await _publish(job, actors, state.version)
     feeder.pool.restore(state.ledger)
     buffered = await checkpoint.refill(actors.buffer, restored.groups)
     requeue = checkpoint.inflight(feeder.pool.outstanding, buffered)
@@ -163,8 +173,9 @@ async def _begin(job: JobConfig, run: Run, actors: Actors, feeder: Feeder, heldo
     return state
 
 
-async def _step(job: JobConfig, run: Run, step: int, state: DriverState, actors: Actors, feeder: Feeder, t_start: float) -> None:
-    """One learner step: take M groups, update, publish the new weights to the engines."""
+async def _step(job: JobConfig, run: Run, step: int, state: DriverState, actors: Actors, feeder: Feeder, t_start: float) -> dict:
+    """One learner step: take M groups, update, publish the new weights to the engines; returns
+    the step's metrics row."""
     from forge_ray.buffer import TrajectoriesLost
     from forge_ray.feeder import why
     from forge_ray.learner.batching import plan_update
@@ -188,6 +199,57 @@ async def _step(job: JobConfig, run: Run, step: int, state: DriverState, actors:
     telemetry.record_step(row, feeder.pop_token_rate(), (await actors.buffer.stats.remote())["ready"], len(taken.groups))
     if job.run.sample_every and step % job.run.sample_every == 0:
         run.log_samples(step, _samples(taken.groups))
+    return row
+
+
+async def _watch(job: JobConfig, run: Run, state: DriverState, actors: Actors, guard: Any, step: int, row: dict) -> bool:
+    """Feed the collapse guard one step and act on its verdict (``guard.action``): alert logs it;
+    stop ends RL; rollback restores the newest checkpoint from before the collapse, at
+    ``guard.lr_factor`` x the learning rate, and goes on. True ends RL."""
+    verdict = guard.observe(step, row)
+    if verdict is None:
+        return False
+    log.warning("collapse guard at step %d: %s (action: %s)", step, "; ".join(verdict.reasons), verdict.action)
+    run.log("guard", step, {"reasons": verdict.reasons, "action": verdict.action, "last_good_step": guard.last_good_step})
+    if verdict.action == "alert":
+        return False
+    if verdict.action == "rollback":
+        good = guard.last_good_step
+        path = checkpoint.at_or_before(run.dir, good) if good is not None else None
+        if path is not None:
+            await actors.learner.load_checkpoint(str(path))
+            state.lr_scale *= job.guard.lr_factor
+            lr = await actors.learner.set_lr_scale(state.lr_scale)
+            state.version += 1  # the restored policy is published as a new version: staleness moves on
+            await _publish(job, actors, state.version)
+            guard.rewind()
+            log.warning("rolled back to %s (before step %d); learning rate now %.3g", path.name, good + 1, lr)
+            return False
+        log.warning("no RL checkpoint at or before step %s to roll back to (run.checkpoint_every); stopping RL", good)
+    log.warning("RL stopped by the collapse guard after step %d", step)
+    return True
+
+
+async def _publish(job: JobConfig, actors: Actors, version: int) -> None:
+    """Load the learner's current weights into every engine as ``version``."""
+    await _sync(job, actors, version, await _export(job, actors.learner, version))
+
+
+async def _export(job: JobConfig, learner: LearnerGroup, version: int) -> list:
+    """Make the learner's weights ready to sync as ``version`` (a gather over its ranks): bucket
+    refs put into the object store (``rollout.weight_sync: host``), or staged on rank 0, which
+    returns their manifest (``collective``)."""
+    if job.rollout.weight_sync == "collective":
+        return await learner.stage_weights(version, job.rollout.bucket_mb)
+    return await learner.export_weights(version, job.rollout.bucket_mb)
+
+
+async def _sync(job: JobConfig, actors: Actors, version: int, exported: list) -> list[dict[str, float]]:
+    """Load the exported ``version`` into every live engine: each fetches the refs (host), or
+    learner rank 0 broadcasts the staged weights to all at once (collective)."""
+    if job.rollout.weight_sync == "collective":
+        return await actors.rollout.broadcast_weights(version, exported, actors.learner)
+    return await actors.rollout.update_weights(version, exported)
 
 
 async def _collect(job: JobConfig, run: Run, state: DriverState, actors: Actors, feeder: Feeder) -> Any:
@@ -202,8 +264,8 @@ async def _collect(job: JobConfig, run: Run, state: DriverState, actors: Actors,
     useful: list = []
     flat: list = []
     stale: list = []
-    rounds = job.learner.refill_rounds if drop else 0
-    for round_ in range(rounds + 1):
+    refills = job.learner.refill_rounds if drop else 0
+    while len(useful) < m:
         with run.timer("wait_rollout"):
             taken = await feeder.guard(actors.buffer.take.remote(m - len(useful), state.version))
         for group in taken.stale:  # too old to learn from: run the prompt again
@@ -212,9 +274,11 @@ async def _collect(job: JobConfig, run: Run, state: DriverState, actors: Actors,
         dropped = [g for g in taken.groups if drop and not has_signal(g, job.reward.turn_weight)]
         useful += [g for g in taken.groups if not any(g is d for d in dropped)]
         flat += dropped
-        if len(useful) >= m or not dropped or round_ == rounds:
-            break
-        feeder.admit(len(dropped))
+        if dropped and len(useful) < m:
+            if refills == 0:
+                break
+            refills -= 1
+            feeder.admit(len(dropped))
     return Taken(useful + flat, stale)
 
 
@@ -222,33 +286,33 @@ async def _learn(job: JobConfig, run: Run, state: DriverState, actors: Actors, i
     """Update on ``items``, then sync the new policy version to the engines."""
     t0 = time.perf_counter()
     with run.timer("train"):
-        metrics, refs = await _update(run, actors.learner, items, state.version + 1, job.rollout.bucket_mb)
+        metrics, exported = await _update(job, run, actors.learner, items, state.version + 1)
     state.version += 1
     state.learner_busy += time.perf_counter() - t0
     with run.timer("sync"):
-        syncs = await actors.rollout.update_weights(state.version, refs)
+        syncs = await _sync(job, actors, state.version, exported)
     state.sync_seconds.append(max((s["sync_seconds"] for s in syncs), default=0.0))
     return {**metrics, "sync_seconds": state.sync_seconds[-1]}
 
 
-async def _update(run: Run, learner: LearnerGroup, items: list, version: int, bucket_mb: int) -> tuple[dict, list]:
+async def _update(job: JobConfig, run: Run, learner: LearnerGroup, items: list, version: int) -> tuple[dict, list]:
     """Train on ``items`` and export the new weights as ``version``. If a learner rank dies, the
     group is rebuilt from the run's last checkpoint and the update is tried once more."""
     from ray.exceptions import RayActorError
 
     try:
-        return await learner.train_step(items), await learner.export_weights(version, bucket_mb)
+        return await learner.train_step(items), await _export(job, learner, version)
     except RayActorError as e:
         path = checkpoint.latest(run.dir)
         log.warning("a learner rank died (%s); rebuilding the learner group from %s", type(e).__name__,
                     path or "the starting weights (no checkpoint yet: set run.checkpoint_every)")
         await learner.recover(str(path) if path else None)
-        return await learner.train_step(items), await learner.export_weights(version, bucket_mb)
+        return await learner.train_step(items), await _export(job, learner, version)
 
 
-async def _checkpoint(job: JobConfig, run: Run, state: DriverState, actors: Actors, feeder: Feeder, t_start: float) -> None:
+async def _checkpoint(job: JobConfig, run: Run, state: DriverState, actors: Actors, feeder: Feeder, guard: Any, t_start: float) -> None:
     def snapshot() -> DriverState:  # called after the buffer's snapshot: see checkpoint.py
-        state.ledger = feeder.pool.state()
+        state.ledger, state.guard = feeder.pool.state(), guard.state_dict()
         state.trajectories, state.rollout_busy = feeder.trajectories, feeder.busy()
         state.wall = time.perf_counter() - t_start
         return state

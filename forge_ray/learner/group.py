@@ -47,10 +47,19 @@ class LearnerGroup:
         self.handle = spawn_group(FSDPWorker, "learner", k, resources, lambda rank: ((rank, k, cfg, model_path, dtype, device, temperature), {}))
         self.workers = self.handle.actors
         self.restarts = 0
+        self.lr_scale = 1.0
 
     async def setup(self) -> None:
         addr, port = await self.workers[0].address.remote()
         await asyncio.gather(*(w.setup.remote(addr, port) for w in self.workers))
+        if self.lr_scale != 1.0:  # replaced ranks keep the rolled-back learning rate
+            await self.set_lr_scale(self.lr_scale)
+
+    async def set_lr_scale(self, scale: float) -> float:
+        """Train at ``scale`` x ``learner.lr`` from the next step on; returns the new rate."""
+        self.lr_scale = scale
+        rates = await asyncio.gather(*(w.set_lr_scale.remote(scale) for w in self.workers))
+        return rates[0]
 
     async def train_step(self, items: list[tuple[Any, float, int]]) -> dict[str, float]:
         """One update on ``(ref_box, advantage, loss_tokens)`` items."""
@@ -62,6 +71,31 @@ class LearnerGroup:
     async def export_weights(self, version: int, bucket_mb: int) -> list[Any]:
         parts = await asyncio.gather(*(w.export_weights.remote(version, bucket_mb) for w in self.workers))
         return parts[0]
+
+    # The collective weight sync (rollout.weight_sync: collective): every rank gathers, rank 0
+    # stages the weights and alone takes part in the weight group (RolloutGroup.broadcast_weights).
+
+    async def stage_weights(self, version: int, bucket_mb: int) -> list[Any]:
+        """Gather the weights onto rank 0 as ``version``; returns its manifest (``BucketSpec``s)."""
+        parts = await asyncio.gather(*(w.stage_weights.remote(version, bucket_mb) for w in self.workers))
+        return parts[0]
+
+    @property
+    def sender(self) -> Any:
+        """Rank 0's actor: the learner's member of the weight group."""
+        return self.workers[0]
+
+    async def open_weight_group(self, world_size: int, epoch: int) -> Any:
+        return await self.sender.open_weight_group.remote(world_size, epoch)
+
+    async def join_weight_group(self, rdv: Any) -> None:
+        await self.sender.join_weight_group.remote(rdv)
+
+    async def send_weights(self, version: int) -> dict[str, float]:
+        return await self.sender.send_weights.remote(version)
+
+    async def export_staged(self) -> tuple[int, list[Any]]:
+        return await self.sender.export_staged.remote()
 
     async def state_for_check(self) -> dict[str, Any]:
         parts = await asyncio.gather(*(w.state_for_check.remote() for w in self.workers))

@@ -5,7 +5,8 @@ logprobs under the current weights and takes AdamW steps on Klear's revised GRPO
 batch by default, or PPO-style ``learner.epochs`` passes of ``learner.mini_batches`` steps each
 against the logprobs of the policy before the update (``old_logp``).
 ``export_weights`` gathers the full weights and puts them into the object store in buckets
-for the engines.
+for the engines (the host weight sync); ``stage_weights`` gathers them onto rank 0, which
+``send_weights`` broadcasts straight into the engines (the collective one).
 """
 from __future__ import annotations
 
@@ -71,6 +72,9 @@ class FSDPWorker:
         self.cfg, self.model_path, self.dtype, self.device = cfg, model_path, dtype, device
         self.model = self.optimizer = None
         self.step = 0
+        self._staged: tuple | None = None  # rank 0, collective sync: (version, manifest, tensors by name)
+        self._weight_group = self._weight_store = None  # rank 0, collective sync: collective.WeightGroup, its TCPStore
+        self.lr_scale = 1.0  # lowered by the collapse guard's rollback
         self.temperature = temperature  # rollouts' sampling temperature: logprobs must match the engine's
 
     def address(self) -> tuple[str, int]:
@@ -97,7 +101,13 @@ class FSDPWorker:
 
     def _lr(self) -> float:
         warm = self.cfg.warmup_steps
-        return self.cfg.lr * min(1.0, (self.step + 1) / warm) if warm else self.cfg.lr
+        lr = self.cfg.lr * self.lr_scale
+        return lr * min(1.0, (self.step + 1) / warm) if warm else lr
+
+    def set_lr_scale(self, scale: float) -> float:
+        """Train at ``scale`` x the configured learning rate from the next step on."""
+        self.lr_scale = scale
+        return self._lr()
 
     def train_step(self, items: list[tuple[list[Any], float]], num_tokens: float) -> dict[str, float]:
         """Update on ``items`` = [([ObjectRef of Trajectory], advantage)]: one optimizer step, or
@@ -255,6 +265,87 @@ class FSDPWorker:
             refs.append(ray.put(WeightBucket(version, i, len(buckets), payload, len(payload["data"]))))
         return refs
 
+    # Collective weight sync (rollout.weight_sync: collective; forge_ray/rollout/collective.py).
+    # Rank 0 alone is in the weight group; the other ranks only join the gather in stage_weights.
+
+    def stage_weights(self, version: int, bucket_mb: int) -> list[Any]:
+        """Gather the weights and keep them on rank 0 as ``version``, to broadcast with
+        ``send_weights``; rank 0 returns the manifest (``BucketSpec`` per bucket), the others
+        only join the gather. The staged copy stays until the next version replaces it: it is
+        what a replacement engine loads (``export_staged``)."""
+        from forge_ray.learner.fsdp import full_state_dict, weights_for_sync
+        from forge_ray.rollout.collective import plan
+
+        state = full_state_dict(self.model)
+        if self.rank != 0:
+            return []
+        named = weights_for_sync(self.model, state)
+        specs = plan(named, version, bucket_mb * 2**20)
+        self._staged = (version, specs, dict(named))
+        return specs
+
+    def open_weight_group(self, world_size: int, epoch: int) -> Any:
+        """Rank 0: leave the current weight group and host a new one's rendezvous on this node
+        (a ``collective.Rendezvous`` for the engines)."""
+        import ray
+
+        from forge_ray.rollout.collective import host_store
+
+        self.close_weight_group()
+        backend = "nccl" if self.device == "cuda" else "gloo"
+        self._weight_store, rdv = host_store(ray.util.get_node_ip_address(), world_size, epoch, backend)
+        return rdv
+
+    def join_weight_group(self, rdv: Any) -> None:
+        """Rank 0: join the group opened by ``open_weight_group`` (with every engine at once)."""
+        import torch
+
+        from forge_ray.rollout.collective import join
+
+        device = torch.device("cuda", torch.cuda.current_device()) if rdv.backend == "nccl" else "cpu"
+        self._weight_group = join(rdv, 0, store=self._weight_store, device=device)
+
+    def send_weights(self, version: int) -> dict[str, float]:
+        """Rank 0: broadcast the staged weights as ``version`` to the weight group. Always takes
+        part in the group's agreement, refusing when it has no such version staged, so engines
+        never wait for a sender that will not send; any failure leaves the group."""
+        from forge_ray.rollout.weight_sync import WeightSyncError
+
+        group = self._weight_group
+        if group is None:
+            raise WeightSyncError(f"v{version}: learner rank 0 is in no weight group")
+        staged_version, specs, named = self._staged or (None, [], {})
+        problem = "" if staged_version == version else f"learner has v{staged_version} staged"
+        t0 = time.perf_counter()
+        try:
+            nbytes = group.send(version, specs, named, problem)
+        except BaseException:
+            self.close_weight_group()
+            raise
+        return {"send_seconds": time.perf_counter() - t0, "sync_bytes": float(nbytes)}
+
+    def export_staged(self) -> tuple[int, list[Any]]:
+        """Rank 0: the staged version for the host path, ``(version, bucket refs)``: how an
+        engine outside the weight group (a replacement, or one whose broadcast failed) loads it."""
+        import ray
+
+        from forge_ray.rollout.weight_sync import WeightSyncError, pack_tensors
+        from forge_ray.types import WeightBucket
+
+        if self._staged is None:
+            raise WeightSyncError("learner rank 0 has no weights staged (none since it started)")
+        version, specs, named = self._staged
+        refs = []
+        for spec in specs:
+            payload = pack_tensors(spec.names, [named[n] for n in spec.names])
+            refs.append(ray.put(WeightBucket(version, spec.index, spec.count, payload, len(payload["data"]))))
+        return version, refs
+
+    def close_weight_group(self) -> None:
+        if self._weight_group is not None:
+            self._weight_group.close()
+        self._weight_group = self._weight_store = None
+
     def state_for_check(self) -> dict[str, Any]:
         """The full weights (rank 0) for tests that compare them with an engine's."""
         from forge_ray.learner.fsdp import full_state_dict, weights_for_sync
@@ -282,5 +373,6 @@ class FSDPWorker:
     def shutdown(self) -> None:
         import torch.distributed as dist
 
+        self.close_weight_group()
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -98,25 +98,68 @@ class VLLMEngine:
         return Generation(list(completion.token_ids), logprobs, completion.finish_reason or "length", self.version)
 
     async def update_weights(self, version: int, bucket_refs: list[Any]) -> dict[str, float]:
-        """Load ``version``'s buckets (ObjectRefs of ``WeightBucket``) and switch to it. Each
-        bucket must carry this version, its position and the bucket count, else
-        ``WeightSyncError`` (the engine keeps its version number; its weights are then partly
-        updated and the next complete version replaces them all)."""
+        """Host path: load ``version``'s buckets (ObjectRefs of ``WeightBucket``) and switch to
+        it. Each bucket must carry this version, its position and the bucket count, else
+        ``WeightSyncError``: the engine keeps its version number, and its weights are those of
+        the buckets it loaded over the old ones (the next complete version replaces them all)."""
         from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
 
         from forge_ray.rollout.weight_sync import check_bucket
 
+        async def load() -> int:
+            nbytes = 0
+            for i, ref in enumerate(bucket_refs):
+                try:
+                    bucket: WeightBucket = await ref
+                    check_bucket(bucket, version, i, len(bucket_refs))  # before any of it is loaded
+                except Exception:  # refused, or the bucket is lost: close the session, untouched layers keep their weights
+                    await self.llm.finish_weight_update()
+                    raise
+                nbytes += bucket.nbytes
+                await self.llm.update_weights(WeightTransferUpdateRequest(update_info=bucket.payload))
+            return nbytes
+
+        return await self._swap(version, load)
+
+    async def join_weight_group(self, rendezvous: Any, rank: int) -> None:
+        """Collective path: join learner rank 0's weight group (a ``collective.Rendezvous``) as
+        ``rank``, leaving the group this engine was in. Blocks until every rank has joined."""
+        from dataclasses import asdict
+
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        await self.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info={**asdict(rendezvous), "rank": rank}))
+
+    async def receive_weights(self, version: int, manifest: list[Any]) -> dict[str, float]:
+        """Collective path: receive ``version`` as learner rank 0 broadcasts it, bucket by bucket
+        as ``manifest`` (``collective.BucketSpec``) describes, and switch to it. A refusal or a
+        broken transfer raises ``WeightSyncError``; the engine keeps its version number and
+        leaves the group (the driver forms a new one)."""
+        from dataclasses import asdict
+
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        from forge_ray.rollout.weight_sync import WeightSyncError
+
+        async def load() -> int:
+            info = {"version": version, "buckets": [asdict(spec) for spec in manifest]}
+            try:
+                await self.llm.update_weights(WeightTransferUpdateRequest(update_info=info))
+            except Exception as e:  # vLLM's RPC hands worker errors back as plain exceptions
+                raise WeightSyncError(str(e)) from None
+            return sum(spec.nbytes for spec in manifest)
+
+        return await self._swap(version, load)
+
+    async def _swap(self, version: int, load: Any) -> dict[str, float]:
+        """Pause (in-flight requests finish first), ``await load()`` inside a weight-update
+        session, switch to ``version``, resume. Timings and the bytes ``load`` reports."""
         t0 = time.perf_counter()
         await self.llm.pause_generation(mode="wait", clear_cache=True)
         paused = time.perf_counter()
-        nbytes = 0
         try:
             await self.llm.start_weight_update()
-            for i, ref in enumerate(bucket_refs):
-                bucket: WeightBucket = await ref
-                check_bucket(bucket, version, i, len(bucket_refs))  # before any of it is loaded
-                nbytes += bucket.nbytes
-                await self.llm.update_weights(WeightTransferUpdateRequest(update_info=bucket.payload))
+            nbytes = await load()
             await self.llm.finish_weight_update(str(version))
             self.version = version
         finally:

@@ -3,7 +3,8 @@
 ``RolloutWorker`` is the plain class inside each actor: it owns one ``VLLMEngine``, the
 tokenizer and the environment factory, runs a GRPO group's episodes concurrently, puts every
 finished trajectory into the object store itself and hands its ref to the buffer. The group
-dispatches each prompt to the least-loaded worker and fans weight updates out to all.
+dispatches each prompt to the least-loaded worker and fans weight updates out to all, over the
+host path (bucket refs) or the collective one (a broadcast from learner rank 0).
 """
 from __future__ import annotations
 
@@ -100,6 +101,12 @@ class RolloutWorker:
     async def update_weights(self, version: int, bucket_refs: list[Any]) -> dict[str, float]:
         return await self.engine.update_weights(version, bucket_refs)
 
+    async def join_weight_group(self, rendezvous: Any, rank: int) -> None:
+        await self.engine.join_weight_group(rendezvous, rank)
+
+    async def receive_weights(self, version: int, manifest: list[Any]) -> dict[str, float]:
+        return await self.engine.receive_weights(version, manifest)
+
     async def fingerprint(self, seed: int = 0) -> dict:
         return await self.engine.fingerprint(seed)
 
@@ -119,8 +126,10 @@ class RolloutGroup:
     A worker that dies (its actor is killed, its node is lost) is replaced in its placement
     bundle; the replacement starts its engine and loads the latest published weights before it
     is given work again. The groups that were playing on it fail, and the feeder re-queues
-    their prompts. The refs of the latest weights are kept for that (one copy of the policy in
-    the object store)."""
+    their prompts. The latest weights are kept for that, one copy of the policy: the refs in
+    the object store (host path), or the learner's rank 0 keeps the version it staged and puts
+    it into the object store when a replacement needs it (collective path). A replacement is
+    outside the weight group until the next sync, which forms a new group with it."""
 
     def __init__(self, model_path: str, num_engines: int, engine_kwargs: dict, env_factory: EnvFactory, spec: EpisodeSpec,
                  resources: dict[str, float], env_pool: Any = None, scorer: Any = None):
@@ -138,7 +147,10 @@ class RolloutGroup:
         self.load = [0] * len(self.workers)
         self.ready = [asyncio.Event() for _ in self.workers]  # set while a worker may take work
         self.restarts = 0
-        self._weights: tuple[int, list[Any]] | None = None  # latest (version, bucket refs)
+        self._weights: tuple[int, list[Any]] | None = None  # host path: latest (version, bucket refs)
+        self._learner: Any = None  # collective path: the LearnerGroup whose rank 0 stages the latest version
+        self._members: tuple | None = None  # collective path: the weight group, rank order (None: form a new one)
+        self.epochs = 0  # weight groups formed
         self._revivals: set[asyncio.Future] = set()
 
     async def start(self) -> list[float]:
@@ -179,10 +191,11 @@ class RolloutGroup:
             worker = self.handle.respawn(i)
             self.workers[i] = worker
             seconds = await worker.start.remote()
-            if self._weights is not None:
-                await worker.update_weights.remote(*self._weights)
+            weights = await self._latest()
+            if weights is not None:
+                await worker.update_weights.remote(*weights)
             self.restarts += 1
-            log.warning("rollout worker %d replaced in %.1f s, at policy v%d", i, seconds, self._weights[0] if self._weights else 0)
+            log.warning("rollout worker %d replaced in %.1f s, at policy v%d", i, seconds, weights[0] if weights else 0)
         finally:  # on failure too: the next call that meets the dead worker tries again
             self.ready[i].set()
 
@@ -191,22 +204,85 @@ class RolloutGroup:
         parts = await asyncio.gather(*(w.evaluate.remote(tasks[i::k], greedy) for i, w in enumerate(self.workers)))
         return [t for part in parts for t in part]
 
+    async def _latest(self) -> tuple[int, list[Any]] | None:
+        """The latest published version as host-path ``(version, bucket refs)``, or None."""
+        if self._learner is not None:
+            return await self._learner.export_staged()
+        return self._weights
+
     async def update_weights(self, version: int, bucket_refs: list[Any]) -> list[dict[str, float]]:
-        """Publish ``version`` to every live worker; a worker being replaced picks it up when it
-        comes back."""
+        """Host path: publish ``version`` to every live worker; a worker being replaced picks it
+        up when it comes back."""
+        self._weights, self._learner = (version, bucket_refs), None
+        return await self._load_host(version, bucket_refs)
+
+    async def _load_host(self, version: int, bucket_refs: list[Any]) -> list[dict[str, float]]:
+        live = [i for i, e in enumerate(self.ready) if e.is_set()]
+        results = await asyncio.gather(*(self.workers[i].update_weights.remote(version, bucket_refs) for i in live), return_exceptions=True)
+        failed = self._revive_dead(live, results)
+        if failed:
+            raise failed[0]
+        return [r for r in results if isinstance(r, dict)]
+
+    def _revive_dead(self, indices: list[int], results: list[Any]) -> list[BaseException]:
+        """Start replacing the workers whose call met their death; the other failures."""
         from ray.exceptions import RayActorError
 
-        self._weights = (version, bucket_refs)
-        live = [(i, w) for i, w in enumerate(self.workers) if self.ready[i].is_set()]
-        results = await asyncio.gather(*(w.update_weights.remote(version, bucket_refs) for _, w in live), return_exceptions=True)
-        for (i, w), r in zip(live, results):
+        failed = []
+        for i, r in zip(indices, results):
             if isinstance(r, RayActorError):
-                revival = asyncio.ensure_future(self._revive(i, w))
+                revival = asyncio.ensure_future(self._revive(i, self.workers[i]))
                 self._revivals.add(revival)
                 revival.add_done_callback(self._revivals.discard)
             elif isinstance(r, BaseException):
-                raise r
-        return [r for r in results if isinstance(r, dict)]
+                failed.append(r)
+        return failed
+
+    async def broadcast_weights(self, version: int, manifest: list[Any], learner: Any) -> list[dict[str, float]]:
+        """Collective path: ``learner``'s rank 0 broadcasts the ``version`` it staged (described
+        by ``manifest``) to every live worker at once. A new weight group is formed first when
+        the members changed (a worker replaced, the learner rebuilt). If the broadcast fails
+        anywhere (a worker died, a rank refused), the group is dropped and the live workers load
+        ``version`` over the host path from the learner's staged copy; the next sync forms a
+        new group. A dead learner rank 0 fails the sync."""
+        self._learner, self._weights = learner, None
+        live = [i for i, e in enumerate(self.ready) if e.is_set()]
+        try:
+            await self._form_group(learner, live)
+        except Exception as e:  # a worker died, or a rank did not join within the rendezvous timeout
+            return await self._fall_back(version, learner, [e])
+        calls = [learner.send_weights(version)] + [self.workers[i].receive_weights.remote(version, manifest) for i in live]
+        sent, *results = await asyncio.gather(*calls, return_exceptions=True)
+        self._revive_dead(live, results)
+        errors = [r for r in (sent, *results) if isinstance(r, BaseException)]
+        if errors:
+            return await self._fall_back(version, learner, errors)
+        return [{**r, "send_seconds": sent["send_seconds"]} for r in results]
+
+    async def _form_group(self, learner: Any, live: list[int]) -> None:
+        """Make learner rank 0 (rank 0) and the ``live`` workers (ranks 1..) the weight group,
+        forming a new one, on a new store, unless they already are."""
+        members = (learner.sender, *(self.workers[i] for i in live))
+        if members == self._members:
+            return
+        self._members = None
+        self.epochs += 1
+        rdv = await learner.open_weight_group(len(members), self.epochs)
+        joins = [learner.join_weight_group(rdv)] + [self.workers[i].join_weight_group.remote(rdv, k + 1) for k, i in enumerate(live)]
+        results = await asyncio.gather(*joins, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        self._revive_dead(live, results[1:])
+        if failed:
+            raise failed[0]
+        self._members = members
+        log.info("weight group %d formed: learner rank 0 and %d engines", self.epochs, len(live))
+
+    async def _fall_back(self, version: int, learner: Any, errors: list[BaseException]) -> list[dict[str, float]]:
+        self._members = None  # a failure leaves every rank's group unusable: the next sync forms a new one
+        log.warning("collective sync of v%d failed (%s); loading it over the host path", version,
+                    "; ".join(f"{type(e).__name__}: {e}" for e in errors))
+        _, refs = await learner.export_staged()
+        return await self._load_host(version, refs)
 
     def shutdown(self) -> None:
         import ray

@@ -2,10 +2,18 @@
 
 vLLM 0.32 applies new weights with ``start_weight_update`` / ``update_weights`` /
 ``finish_weight_update`` and lets a backend decide how the bytes travel. Its built-in
-backends move CUDA memory (IPC, NCCL). On one host without a GPU the bytes travel inside the
-update message itself: ``host`` packs a bucket of tensors into one byte string, and the
-engine side unpacks it and loads it with the model's own ``load_weights`` inside vLLM's
-layer-wise reload, which re-runs the CPU kernels' weight post-processing.
+backends move CUDA memory (IPC, NCCL). forge_ray's backend, ``forge``, has two transports
+(``rollout.weight_sync``):
+
+* ``host``: the bytes travel inside the update message itself. The learner packs a bucket of
+  tensors into one byte string and puts it into Ray's object store; the engine unpacks it.
+* ``collective``: the update message carries only the manifest; learner rank 0 broadcasts the
+  buckets over a process group the engine's worker joined (``collective.py``).
+
+Either way the engine side loads the tensors with the model's own ``load_weights`` inside
+vLLM's layer-wise reload, which re-runs the CPU kernels' weight post-processing. An update
+that fails is finalized all the same, so the model never stays half torn down: layers that
+received nothing get their old weights back.
 
 The backend is registered in every process that builds an engine: the vLLM plugin entry
 point (``vllm.general_plugins`` in setup.py) calls ``register`` in the engine-core process.
@@ -17,7 +25,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-BACKEND = "forge_host"
+BACKEND = "forge"
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -173,17 +181,22 @@ def compare_fingerprints(engine: dict, learner: dict, atol: float = 1e-4) -> lis
     return bad
 
 
-def _engine_class():
-    """Build the vLLM-side engine class (vLLM imported only inside the engine process)."""
-    from vllm.distributed.weight_transfer.base import (
-        WeightTransferEngine,
-        WeightTransferInitInfo,
-        WeightTransferUpdateInfo,
-    )
+def _info_classes() -> tuple[type, type]:
+    """The backend's init and update info (vLLM imported only inside the engine process)."""
+    from vllm.distributed.weight_transfer.base import WeightTransferInitInfo, WeightTransferUpdateInfo
 
     @dataclass
-    class HostInitInfo(WeightTransferInitInfo):
-        pass
+    class ForgeInitInfo(WeightTransferInitInfo):
+        """Empty for the host transport only; to join a weight group, its ``Rendezvous``
+        fields and this engine's rank in it."""
+
+        host: str = ""
+        port: int = 0
+        world_size: int = 0
+        epoch: int = 0
+        backend: str = "gloo"
+        timeout_s: float = 300.0
+        rank: int = 0
 
     @dataclass
     class HostUpdateInfo(WeightTransferUpdateInfo):
@@ -192,12 +205,31 @@ def _engine_class():
         shapes: list[list[int]]
         data: bytes
 
-    class HostWeightTransferEngine(WeightTransferEngine[HostInitInfo, HostUpdateInfo]):
-        init_info_cls = HostInitInfo
-        update_info_cls = HostUpdateInfo
+    return ForgeInitInfo, HostUpdateInfo
 
-        def init_transfer_engine(self, init_info: HostInitInfo) -> None:
-            pass  # nothing to rendezvous with: the bytes arrive in each update
+
+def _engine_class():
+    """Build the vLLM-side engine class (vLLM imported only inside the engine process)."""
+    from vllm.distributed.weight_transfer.base import WeightTransferEngine
+
+    ForgeInitInfo, HostUpdateInfo = _info_classes()
+
+    class ForgeWeightTransferEngine(WeightTransferEngine[ForgeInitInfo, HostUpdateInfo]):
+        init_info_cls = ForgeInitInfo
+        update_info_cls = HostUpdateInfo
+        group = None  # this worker's ``collective.WeightGroup``, once it joined one
+
+        def init_transfer_engine(self, init_info: ForgeInitInfo) -> None:
+            from forge_ray.rollout import collective
+
+            self.shutdown()  # leave the previous group: membership changed
+            if not init_info.port:
+                return  # host transport only: the bytes arrive in each update
+            if self.parallel_config.world_size != 1:
+                raise WeightSyncError("the collective weight sync takes one vLLM worker per engine (no tensor or pipeline parallelism)")
+            fields = {k: v for k, v in vars(init_info).items() if k != "rank"}
+            device = self.device if init_info.backend == "nccl" else "cpu"
+            self.group = collective.join(collective.Rendezvous(**fields), init_info.rank, device=device)
 
         def start_weight_update(self) -> None:
             from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
@@ -214,16 +246,43 @@ def _engine_class():
             _refresh_tied_head(self.model)
 
         def update_weights(self, update_info: dict[str, Any]) -> None:
-            # The base class synchronises an accelerator afterwards; on CPU there is none.
-            self.receive_weights(self.parse_update_info(update_info))
+            # The base class synchronises an accelerator afterwards; on CPU there is none, and
+            # the collective path has waited on its own transfers.
+            try:
+                if "buckets" in update_info:  # collective: one whole version, by manifest
+                    self.receive_collective(update_info["version"], update_info["buckets"])
+                else:
+                    self.receive_weights(self.parse_update_info(update_info))
+            except BaseException:
+                self.abandon_update()
+                raise
 
         def receive_weights(self, update_info: HostUpdateInfo) -> None:
             self.model.load_weights(unpack_tensors(vars(update_info)))
 
-        def shutdown(self) -> None:
-            pass
+        def receive_collective(self, version: int, buckets: list[dict[str, Any]]) -> None:
+            from forge_ray.rollout.collective import BucketSpec
 
-    return HostWeightTransferEngine
+            if self.group is None:
+                raise WeightSyncError(f"v{version} sent over a weight group this engine is not in")
+            self.group.receive(version, [BucketSpec(**b) for b in buckets], self.model.load_weights)
+
+        def abandon_update(self) -> None:
+            """After a failed update (vLLM then closes the session without finishing it):
+            finalize the reload so every layer is servable, and leave the weight group, which a
+            failure leaves unusable."""
+            try:
+                self.finish_weight_update()
+            except Exception:
+                logging.getLogger(__name__).exception("finalizing an abandoned weight update")
+            self.shutdown()
+
+        def shutdown(self) -> None:
+            if self.group is not None:
+                self.group.close()
+                self.group = None
+
+    return ForgeWeightTransferEngine
 
 
 class ExpectedReloadWarnings(logging.Filter):
@@ -265,7 +324,7 @@ def _refresh_tied_head(model: Any) -> None:
 
 
 def register() -> None:
-    """vLLM general-plugin hook: make the ``forge_host`` backend known to this process."""
+    """vLLM general-plugin hook: make the ``forge`` backend known to this process."""
     from vllm.distributed.weight_transfer import WeightTransferEngineFactory
 
     try:

@@ -1,6 +1,6 @@
 """Test-time-scaling selectors: pick one of N sampled trajectories of the same task.
 
-Klear-AgentForge §1.11 (``/work/shared/reference/papers.md``) compares, on N parallel samples:
+Klear-AgentForge (§1.11 of its paper) compares, on N parallel samples:
 majority voting, an LLM knockout tournament, LogProb selection (highest mean sampled-token
 logprob) and DeepConf confidence ("Agent Confidence Select"), plus confidence *voting* over
 agent-response tokens versus environment-feedback tokens. Every selector takes a list of

@@ -41,3 +41,16 @@ def test_groups_are_taken_in_issue_order_not_completion_order():
         return [g.group_id for g in first.groups], [g.group_id for g in second.groups]
 
     assert asyncio.run(scenario()) == (["long-1", "short-3"], ["short-4", "short-5"])
+
+
+def test_take_hands_stale_groups_back_at_once():
+    """A learner waiting for n fresh groups while only stale ones are ready would wait forever
+    (their prompts are re-queued only once take returns): take returns with what is fresh."""
+    async def scenario():
+        buf = TrajectoryBuffer(group_size=1, max_staleness=0, capacity=10)
+        await buf.put(meta("old", 0, 0), ["ref-old"])
+        await buf.put(meta("new", 0, 1), ["ref-new"])
+        return await asyncio.wait_for(buf.take(3, version=1), 5)
+
+    taken = asyncio.run(scenario())
+    assert [g.group_id for g in taken.groups] == ["new"] and [g.group_id for g in taken.stale] == ["old"]

@@ -67,3 +67,108 @@ def test_engine_refuses_buckets_of_another_version_or_count():
         check_bucket(b, 3, 1, 3)  # the refs hold fewer buckets than the version has
     with pytest.raises(WeightSyncError):
         check_bucket(b, 3, 0, 2)  # out of order
+
+
+# The collective transport's pure parts (forge_ray/rollout/collective.py), and its protocol
+# over a real gloo group whose ranks are threads of this process.
+
+
+def _named():
+    g = torch.Generator().manual_seed(1)
+    return [("a", torch.randn(3, 5, generator=g)), ("b", torch.randn(7, generator=g).to(torch.bfloat16)),
+            ("c", torch.randn(2, 3, generator=g).to(torch.float16)), ("d", torch.randn(40, 40, generator=g)), ("e", torch.tensor(2.5))]
+
+
+def test_collective_plan_pack_unpack_roundtrip():
+    from forge_ray.rollout.collective import ALIGN, HEADER_BYTES, BucketHeader, pack, plan, read_header, unpack
+
+    named = _named()
+    specs = plan(named, version=7, bucket_bytes=1024)
+    assert [s.names for s in specs] == [["a", "b", "c"], ["d"], ["e"]]  # d (6400 bytes) is a bucket of its own
+    assert [(s.version, s.index, s.count) for s in specs] == [(7, 0, 3), (7, 1, 3), (7, 2, 3)]
+    assert specs[0].dtype_names == ["float32", "bfloat16", "float16"] and specs[2].shapes == [[]]
+    assert specs[0].nbytes == 3 * ALIGN and specs[1].nbytes == 6400  # every tensor starts aligned
+    tensors = dict(named)
+    for spec in specs:
+        buf = pack(spec, [tensors[n] for n in spec.names])
+        assert buf.numel() == HEADER_BYTES + spec.nbytes
+        assert read_header(buf) == BucketHeader(7, spec.index, spec.count, spec.nbytes)
+        for name, got in unpack(buf, spec):
+            assert got.dtype == tensors[name].dtype and torch.equal(got, tensors[name])
+    meta = [(n, torch.empty(t.shape, dtype=t.dtype, device="meta")) for n, t in named]
+    assert plan(meta, 7, 1024) == specs  # the manifest needs no data
+
+
+def test_collective_manifest_checks_and_layout_digest():
+    from forge_ray.rollout.collective import layout_digest, manifest_problem, plan
+
+    specs = plan(_named(), version=3, bucket_bytes=1024)
+    assert manifest_problem(specs, 3) == ""
+    assert "got bucket 0 of 3 for v3" in manifest_problem(specs, 4)  # another version's manifest
+    assert "got bucket 0 of 3" in manifest_problem(specs[:2], 3)  # cut short: the count disagrees
+    renamed = [("z", t) if n == "a" else (n, t) for n, t in _named()]
+    assert layout_digest(plan(renamed, 3, 1024)) != layout_digest(specs) == layout_digest(plan(_named(), 4, 1024))
+    assert 0 < layout_digest(specs) < 2**60
+
+
+def _run_ranks(fns):
+    """Run one callable per rank in threads; returns their results (exceptions as values)."""
+    import threading
+
+    out = [None] * len(fns)
+
+    def run(i):
+        try:
+            out[i] = fns[i]()
+        except BaseException as e:  # noqa: BLE001 - a rank's failure is the result under test
+            out[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a rank hung"
+    return out
+
+
+def test_collective_broadcast_refusals_and_pipeline_over_gloo():
+    import pytest
+
+    from forge_ray.rollout.collective import Rendezvous, host_store, join, plan
+    from forge_ray.rollout.weight_sync import WeightSyncError
+
+    store, rdv = host_store("127.0.0.1", 3, epoch=1, timeout_s=30)
+    assert isinstance(rdv, Rendezvous) and rdv.port > 0 and rdv.world_size == 3
+    groups = _run_ranks([lambda: join(rdv, 0, store=store)] + [lambda r=r: join(rdv, r) for r in (1, 2)])
+    named = _named()
+    specs = plan(named, version=5, bucket_bytes=1024)
+    loaded = {1: [], 2: []}
+
+    def sync(version, engine_specs, sender_version=5):
+        return _run_ranks([lambda: groups[0].send(sender_version, specs, dict(named))]
+                          + [lambda r=r: groups[r].receive(version, engine_specs, loaded[r].extend) for r in (1, 2)])
+
+    results = sync(5, specs)
+    assert results == [sum(s.nbytes for s in specs)] * 3
+    for r in (1, 2):
+        assert [n for n, _ in loaded[r]] == [n for n, _ in named]
+        assert all(torch.equal(got, want) for (_, got), (_, want) in zip(loaded[r], named))
+        loaded[r].clear()
+
+    # Refusals: every rank raises before any bucket moves, and the group stays in step.
+    stale = sync(6, specs)  # the engines were told v6; the learner sends v5
+    assert all(isinstance(e, WeightSyncError) for e in stale)
+    assert "rank 1 refused v6: weight bucket 0 of 3 for v6: got bucket 0 of 3 for v5" in str(stale[1])
+    assert "refused by another rank" in str(stale[0])
+    short = sync(5, specs[:2])  # a manifest cut short: the bucket count disagrees
+    assert all(isinstance(e, WeightSyncError) for e in short) and "got bucket 0 of 3" in str(short[2])
+    unstaged = _run_ranks([lambda: groups[0].send(5, specs, dict(named), problem="learner has v4 staged")]
+                          + [lambda r=r: groups[r].receive(5, specs, loaded[r].extend) for r in (1, 2)])
+    assert "rank 0 refused v5: learner has v4 staged" in str(unstaged[0]) and isinstance(unstaged[1], WeightSyncError)
+    assert loaded == {1: [], 2: []}  # nothing was loaded by a refused sync
+    assert sync(5, specs) == [sum(s.nbytes for s in specs)] * 3
+    for g in groups:
+        g.close()
+    with pytest.raises(Exception):
+        groups[1].receive(5, specs, loaded[1].extend)
