@@ -63,3 +63,4 @@ def wandb_history(run_dir):
             if r.WhichOneof("record_type") == "history":
                 rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
     return rows
+

@@ -4,29 +4,15 @@ staged version over the host path and joins the next group."""
 import asyncio
 
 import pytest
+from actor_groups import start_groups
 from test_engine_and_sync import PROMPT, hf_greedy
 
-from forge_ray.config import LearnerConfig
-from forge_ray.rollout.agent_loop import EpisodeSpec
 from forge_ray.rollout.weight_sync import WeightSyncError, compare_fingerprints, learner_fingerprint
 
 
 @pytest.fixture(scope="module")
 def groups(ray_cluster, tiny_model):
-    from envs import factory
-    from forge_ray.learner.group import LearnerGroup
-    from forge_ray.rollout.group import RolloutGroup
-
-    rollout = RolloutGroup(tiny_model, 2, dict(max_model_len=640, kv_cache_mb=128), factory("calculator"), EpisodeSpec(max_new_tokens=32, max_context=600), {"CPU": 1})
-    learner = LearnerGroup(LearnerConfig(num_workers=2, lr=0.05, micro_batch=4), tiny_model, "float32", "cpu", {"CPU": 1})
-
-    async def start():
-        await asyncio.gather(rollout.start(), learner.setup())
-
-    asyncio.run(start())
-    yield rollout, learner
-    rollout.shutdown()
-    learner.shutdown()
+    yield from start_groups(tiny_model, 2, 128)
 
 
 def run(coro_or_ref):
