@@ -244,3 +244,33 @@ class Feeder:
         for job in list(self._tasks):
             job.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def collect(job: Any, run: Any, state: Any, actors: Any, feeder: Feeder) -> Any:
+    """Take M complete groups, the earliest issued first (``TrajectoryBuffer.take``). When
+    groups without signal are dropped, each one taken lets the feeder issue one more prompt and
+    the learner takes again, up to ``learner.refill_rounds`` more times (DAPO's dynamic
+    sampling): the batch shrinks only when the rounds run out. Stale groups are re-queued."""
+    from forge_ray.buffer import Taken
+    from forge_ray.learner.batching import has_signal
+
+    m, drop = job.learner.batch_groups, job.learner.drop_zero_variance
+    useful: list = []
+    flat: list = []
+    stale: list = []
+    refills = job.learner.refill_rounds if drop else 0
+    while len(useful) < m:
+        with run.timer("wait_rollout"):
+            taken = await feeder.guard(actors.buffer.take.remote(m - len(useful), state.version))
+        for group in taken.stale:  # too old to learn from: run the prompt again
+            feeder.requeue(group.task_id)
+        stale += taken.stale
+        dropped = [g for g in taken.groups if drop and not has_signal(g, job.reward.turn_weight)]
+        useful += [g for g in taken.groups if not any(g is d for d in dropped)]
+        flat += dropped
+        if dropped and len(useful) < m:
+            if refills == 0:
+                break
+            refills -= 1
+            feeder.admit(len(dropped))
+    return Taken(useful + flat, stale)

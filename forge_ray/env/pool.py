@@ -328,7 +328,7 @@ class EnvPool:
 
 @dataclass
 class EnvServices:
-    """What ``driver._spawn`` starts besides the engines: the env pool and the reward actor
+    """What ``rl_actors.spawn`` starts besides the engines: the env pool and the reward actor
     (each ``None`` when not configured), and the client the rollout workers score through."""
 
     pool: EnvPool | None = None

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 from forge_ray.buffer import TrajectoryBuffer
 from forge_ray.config import load_job
-from forge_ray.driver import _collect
+from forge_ray.feeder import collect as _collect
 from forge_ray.metrics import Run
 from forge_ray.types import Status, TrajectoryMeta
 
