@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 OUT = Path(__file__).parent / "results" / "learner_memory.json"
 PROMPT = 16  # tokens without loss at the start of each sequence
@@ -55,7 +56,7 @@ def _trajectories(batch: int, seq: int, vocab: int, seed: int) -> list:
     return out
 
 
-def _before_step(worker, batch: tuple, num_tokens: float) -> None:
+def _before_step(worker, batch: Any, num_tokens: float) -> None:
     """``FSDPWorker._micro_step`` and ``_forward`` as they were before chunking (metrics dropped)."""
     import torch
 
@@ -77,7 +78,7 @@ def measure(model_dir: str, vocab: int, seq: int, batch: int, path: str, chunk: 
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from forge_ray.config import LearnerConfig
-    from forge_ray.learner.worker import FSDPWorker
+    from forge_ray.learner.worker import FSDPWorker, Micro
 
     config = AutoConfig.from_pretrained(model_dir)
     config.vocab_size = vocab
@@ -89,10 +90,11 @@ def measure(model_dir: str, vocab: int, seq: int, batch: int, path: str, chunk: 
 
     def step(trajs: list) -> None:
         n = float(sum(sum(t.loss_mask) for t in trajs))
+        micro = Micro(trajs, [1.0] * len(trajs), None, list(range(len(trajs))))
         if path == "chunked":
-            worker._micro_step((trajs, [1.0] * len(trajs)), n, {})
+            worker._micro_step(micro, n, {})
         else:
-            _before_step(worker, (trajs, [1.0] * len(trajs)), n)
+            _before_step(worker, micro, n)
         model.zero_grad(set_to_none=True)  # as the optimizer step leaves it
 
     step(_trajectories(batch, PROMPT + 16, vocab, seed=1))  # warm-up: lazy imports, kernels

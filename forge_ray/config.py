@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +118,9 @@ class RewardConfig:
 class LearnerConfig:
     num_workers: int = 2  # FSDP2 ranks (Ray actors in one placement group)
     batch_groups: int = 16  # M: complete groups per update
-    micro_batch: int = 16  # sequences per forward/backward on one rank
+    micro_batch: int = 16  # sequences per forward/backward on one rank (when micro_tokens is 0)
+    threads: int = 0  # torch threads per rank; 0: the machine's cores / num_workers (ranks share the cores with engines and each other)
+    micro_tokens: int = 0  # > 0: micro-batches of packed rows of at most this many tokens (learner/packing.py); 0: micro_batch padded sequences
     lr: float = 2e-5  # AdamW learning rate (constant after warm-up)
     warmup_steps: int = 0  # linear warm-up of the learning rate
     weight_decay: float = 0.0  # AdamW weight decay
@@ -166,6 +169,40 @@ class JobSpecConfig:
     excludes: list = field(default_factory=lambda: list(DEFAULT_EXCLUDES))  # gitignore-style paths kept out of the uploaded working dir (100 MB cap)
 
 
+# What a domain may set of the shared SFT: its own share of the mixed expert data.
+DOMAIN_SFT_KEYS = ("examples", "env_kwargs")
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """One domain of Klear-AgentForge's recipe (``domains:``, docs/merging.md): its environment and
+    its RL settings, each a mapping of fields over the job's section of that name."""
+
+    name: str = ""  # the domain's name: its policy is checkpoints/rl_<name>, its row in merge_cost.json rl_<name>
+    env: dict = field(default_factory=dict)  # env fields over the job's env: name, kwargs, train_tasks, eval_tasks, max_turns, ...
+    sft: dict = field(default_factory=dict)  # this domain's share of the shared SFT data: examples, env_kwargs
+    rollout: dict = field(default_factory=dict)  # rollout fields over the job's rollout (e.g. max_new_tokens, max_context)
+    learner: dict = field(default_factory=dict)  # learner fields over the job's learner (e.g. lr)
+    steps: int = 0  # RL steps of this domain; 0 = run.steps
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """How the recipe merges the per-domain RL policies into checkpoints/merged (forge_ray/merge.py)."""
+
+    enabled: bool = True  # merge (and evaluate the merge) when the job has domains
+    method: Literal["sce", "ties", "task_arithmetic", "linear"] = "sce"  # SCE: Klear-AgentForge's choice
+    density: float = 1.0  # sce, ties: fraction of entries kept (1.0: no selection/trimming); unused by the others
+    weights: list = field(default_factory=list)  # ties, task_arithmetic, linear: one per domain, in order ([] = 1 each)
+    sce_energy: Literal["full", "selected"] = "full"  # sce weights from ||tau_i||_F^2 (full) or over the selected entries
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.density <= 1.0:
+            raise ValueError(f"merge.density must be in (0, 1], got {self.density}")
+        if self.weights and self.method == "sce":
+            raise ValueError("merge.weights: sce computes its own weights (Frobenius energies); leave weights empty")
+
+
 @dataclass(frozen=True)
 class JobConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -179,6 +216,8 @@ class JobConfig:
     run: RunConfig = field(default_factory=RunConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)  # collapse guard over the RL metrics (forge_ray/guard.py)
     job: JobSpecConfig = field(default_factory=JobSpecConfig)
+    domains: list = field(default_factory=list)  # DomainConfig each: Klear-AgentForge's recipe (forge_ray/recipe.py) when non-empty
+    merge: MergeConfig = field(default_factory=MergeConfig)  # the recipe's merge of the per-domain RL policies
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -214,6 +253,9 @@ def build_job(sections: dict[str, Any], source: str = "<dict>") -> JobConfig:
     for name, body in sections.items():
         if name not in kinds:
             raise ConfigError(f"{source}: unknown section '{name}' (known: {', '.join(kinds)})")
+        if name == "domains":  # a list, not a mapping
+            built[name] = _domains(body, source)
+            continue
         cls = kinds[name]
         body = body or {}
         if not isinstance(body, dict):
@@ -232,7 +274,65 @@ def build_job(sections: dict[str, Any], source: str = "<dict>") -> JobConfig:
     _check_tiny_shape(job.model, source)
     _check_learner(job.learner, source)
     _check_tiny_context(job, source)
+    _check_domains(job, source)
     return job
+
+
+def _overrides(section: str, body: dict, where: str) -> dict:
+    """A domain's ``section`` mapping: each key a field of that section, each value of its type."""
+    fields = typing.get_type_hints(typing.get_type_hints(JobConfig)[section])
+    if section == "sft":
+        fields = {k: v for k, v in fields.items() if k in DOMAIN_SFT_KEYS}  # the SFT itself is shared
+    for key in body:
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(fields)})")
+    return {key: _coerce(value, fields[key], f"{where}.{key}") for key, value in body.items()}
+
+
+def _domains(body: Any, source: str) -> list:
+    """The ``domains:`` list of DomainConfig, every override checked against its section."""
+    if body is None or body == {}:
+        return []
+    if not isinstance(body, list):
+        raise ConfigError(f"{source}: section 'domains' must be a list of domains (each a mapping: name, env, ...)")
+    fields, out = typing.get_type_hints(DomainConfig), []
+    for i, item in enumerate(body):
+        where = f"{source}: domains[{i}]" + (f" ({item.get('name')})" if isinstance(item, dict) and item.get("name") else "")
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: a domain must be a mapping (name, env, ...)")
+        unknown = [k for k in item if k not in fields]
+        if unknown:
+            raise ConfigError(f"{where}: unknown key 'domains[{i}].{unknown[0]}' (known: {', '.join(fields)})")
+        values = {k: _coerce(v, fields[k], f"{where}.{k}") for k, v in item.items()}
+        for section in ("env", "sft", "rollout", "learner"):
+            values[section] = _overrides(section, values.get(section, {}), f"{where}.{section}")
+        domain = DomainConfig(**values)
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", domain.name):
+            raise ConfigError(f"{where}.name: {domain.name!r} must be a non-empty word of letters, digits, _ or -")
+        if domain.name in [d.name for d in out]:
+            raise ConfigError(f"{where}.name: {domain.name!r} names two domains")
+        if domain.steps < 0:
+            raise ConfigError(f"{where}.steps must be >= 0 (0 = run.steps), got {domain.steps}")
+        out.append(domain)
+    return out
+
+
+def domain_job(job: JobConfig, domain: DomainConfig) -> JobConfig:
+    """The job as ``domain``'s SFT data and RL see it: the domain's env, sft, rollout and learner
+    fields over the job's, its RL steps, and no domains of its own."""
+    r = dataclasses.replace
+    return r(job, env=r(job.env, **domain.env), sft=r(job.sft, **domain.sft), rollout=r(job.rollout, **domain.rollout),
+             learner=r(job.learner, **domain.learner), run=r(job.run, steps=domain.steps or job.run.steps), domains=[])
+
+
+def _check_domains(job: JobConfig, source: str) -> None:
+    """Per-domain checks the job-level ones would miss, and merge weights one per domain."""
+    if job.domains and job.merge.weights and len(job.merge.weights) != len(job.domains):
+        raise ConfigError(f"{source}: merge.weights has {len(job.merge.weights)} weights for {len(job.domains)} domains")
+    for i, domain in enumerate(job.domains):
+        djob = domain_job(job, domain)
+        _check_learner(djob.learner, f"{source}: domains[{i}] ({domain.name})")
+        _check_tiny_context(djob, f"{source}: domains[{i}] ({domain.name})")
 
 
 def _check_learner(learner: LearnerConfig, source: str) -> None:
@@ -295,11 +395,34 @@ def load_job(path: str | Path | None, overrides: list[str] = ()) -> JobConfig:
     sections = {k: dict(v or {}) if isinstance(v, dict) or v is None else v for k, v in sections.items()}
     for text in overrides:
         section, name, value = parse_override(text)
+        if section == "domains":
+            _set_domain(sections.get("domains"), name, value, f"{source}: --set {text}")
+            continue
         sections.setdefault(section, {})
         if not isinstance(sections[section], dict):
             raise ConfigError(f"{source}: section '{section}' must be a mapping")
         sections[section][name] = value
     return build_job(sections, source if not overrides else f"{source} (with --set)")
+
+
+def _set_domain(domains: Any, key: str, value: Any, where: str) -> None:
+    """``--set domains.NAME.FIELD=value`` or ``domains.NAME.SECTION.FIELD=value`` (e.g.
+    ``domains.calculator.env.eval_tasks=20``): one field of the domain named NAME."""
+    name, _, path = key.partition(".")
+    found = [d for d in domains or [] if isinstance(d, dict) and d.get("name") == name]
+    if not found:
+        known = [d.get("name") for d in domains or [] if isinstance(d, dict)]
+        raise ConfigError(f"{where}: no domain named {name!r} (the job's domains: {known})")
+    field_name, _, sub = path.partition(".")
+    if not field_name:
+        raise ConfigError(f"{where}: expected domains.NAME.field=value")
+    if sub:
+        section = found[0].get(field_name) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}: domains.{name}.{field_name} is not a mapping")
+        found[0][field_name] = {**section, sub: value}
+    else:
+        found[0][field_name] = value
 
 
 def dump_job(job: JobConfig, path: str | Path) -> None:

@@ -1,7 +1,7 @@
 """The RL loop. Read it top to bottom: this is how forge_ray trains.
 
     spawn: rollout engines (vLLM), learner ranks (FSDP2), the trajectory buffer
-    evaluate the starting policy on held-out tasks
+    evaluate the starting policy on held-out tasks (the first groups already generating)
     loop:  take M complete groups -> plan the update -> train -> export + sync weights
            (the feeder keeps the engines generating, at most ``max_staleness`` versions ahead)
     evaluate the final policy with the same code, save it as a Hugging Face folder
@@ -18,6 +18,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from forge_ray import checkpoint, telemetry
+from forge_ray.anatomy import engine_reports
 from forge_ray.checkpoint import DriverState
 from forge_ray.collapse import watch
 from forge_ray.config import JobConfig
@@ -48,7 +49,8 @@ def staleness(job: JobConfig) -> int:
 
 async def run_rl(job: JobConfig, run: Run, model_path: str, device: str) -> dict[str, Any]:
     """Train ``model_path`` with asynchronous multi-turn GRPO; returns the RL summary."""
-    actors = spawn(job, model_path, device, env_factory(job), staleness(job))
+    with run.timer("spawn"):
+        actors = spawn(job, model_path, device, env_factory(job), staleness(job))
     try:
         return await _train(job, run, actors)
     finally:  # free the actors and placement groups even when training fails
@@ -70,10 +72,12 @@ async def _train(job: JobConfig, run: Run, actors: Actors) -> dict[str, Any]:
     feeder = Feeder(pool, rollout, actors.buffer, group_size=job.rollout.group_size, batch_prompts=job.rollout.batch_prompts,
                     batch_groups=job.learner.batch_groups, max_staleness=staleness(job))
     guard = CollapseGuard(job.guard)
-    state = await _begin(job, run, actors, feeder, heldout, guard)
-    feeder.start()
-    run.pop_timers()
-    t_start = time.perf_counter() - state.wall
+    state = await _resume(job, actors, feeder, guard, run)
+    t_start = time.perf_counter() - (state.wall if state else 0.0)
+    feeder.start()  # the first groups generate while the starting policy is evaluated
+    state = state or DriverState(before=await _evaluate_start(job, run, rollout, heldout))
+    log.info("start-up: %s", {k.removeprefix("time/"): round(v, 1) for k, v in run.pop_timers().items()})
+    run.timeline.step(0, await engine_reports(rollout), [])  # start-up and the first evaluation: the timeline's step 0
     for step in range(state.step + 1, job.run.steps + 1):
         row = await _step(job, run, step, state, actors, feeder, t_start)
         if await watch(job, run, state, actors, guard, step, row):
@@ -101,15 +105,20 @@ async def _train(job: JobConfig, run: Run, actors: Actors) -> dict[str, Any]:
     }
 
 
-async def _begin(job: JobConfig, run: Run, actors: Actors, feeder: Feeder, heldout: list, guard: Any) -> DriverState:
-    """Evaluate the starting policy; or, when the run directory has an RL checkpoint, continue
-    from it: learner state, engine weights, prompt ledger, buffered groups, step axis."""
+async def _evaluate_start(job: JobConfig, run: Run, rollout: Any, heldout: list) -> dict[str, Any]:
+    with run.timer("eval"):
+        before = await evaluate(rollout, heldout, job.run.eval_greedy)
+    run.log("eval", 0, {"name": "sft", **before})
+    log.info("held-out success before RL: %.3f (n=%d)", before["success"], before["n"])
+    return before
+
+
+async def _resume(job: JobConfig, actors: Actors, feeder: Feeder, guard: Any, run: Run) -> DriverState | None:
+    """When the run directory has an RL checkpoint, continue from it: learner state, engine
+    weights, prompt ledger, buffered groups, step axis. None for a fresh run."""
     path = checkpoint.latest(run.dir)
     if path is None:
-        before = await evaluate(actors.rollout, heldout, job.run.eval_greedy)
-        run.log("eval", 0, {"name": "sft", **before})
-        log.info("held-out success before RL: %.3f (n=%d)", before["success"], before["n"])
-        return DriverState(before=before)
+        return None
     restored = checkpoint.load(path)
     state = restored.state
     await actors.learner.load_checkpoint(str(path))
@@ -150,6 +159,7 @@ async def _step(job: JobConfig, run: Run, step: int, state: DriverState, actors:
         feeder.pool.consume(group.task_id)
     feeder.step_done()
     state.step = step
+    metrics.update(run.timeline.step(step, await engine_reports(actors.rollout), [m for g in taken.groups for m in g.metas]))
     row = _log_step(run, step, state.version, lag, plan, metrics, taken, feeder, t_start)
     telemetry.record_step(row, feeder.pop_token_rate(), (await actors.buffer.stats.remote())["ready"], len(taken.groups))
     if job.run.sample_every and step % job.run.sample_every == 0:
@@ -160,8 +170,7 @@ async def _step(job: JobConfig, run: Run, step: int, state: DriverState, actors:
 async def _learn(job: JobConfig, run: Run, state: DriverState, actors: Actors, items: list) -> dict[str, Any]:
     """Update on ``items``, then sync the new policy version to the engines."""
     t0 = time.perf_counter()
-    with run.timer("train"):
-        metrics, exported = await update(job, run, actors.learner, items, state.version + 1)
+    metrics, exported = await update(job, run, actors.learner, items, state.version + 1)  # timers "train", "export"
     state.version += 1
     state.learner_busy += time.perf_counter() - t0
     with run.timer("sync"):

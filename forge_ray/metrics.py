@@ -2,7 +2,7 @@
 
     run = Run.create(job)            # runs/<name>-<timestamp>/ with config.yaml and log.txt
     run.log("rl", step, {...})       # one JSON line per call, mirrored to W&B
-    with run.timer("train"): ...     # named wall-clock timers, summed per step
+    with run.timer("train"): ...     # named wall-clock timers, summed per step; spans of the timeline
 """
 from __future__ import annotations
 
@@ -23,24 +23,41 @@ log = logging.getLogger("forge_ray")
 
 
 class PeakRSS:
-    """Samples the resident memory of this process and all its descendants (the embedded Ray
-    cluster, its workers, the engines' processes) and keeps the peak."""
+    """Samples the memory of this process and all its descendants (the embedded Ray cluster, its
+    workers, the engines' processes) and keeps the peaks: resident (RSS, shared pages counted in
+    every process) and proportional (PSS, shared pages split among their users: what the job
+    really costs), the latter per phase of the job (``phase``)."""
 
     def __init__(self, every_s: float = 1.0):
         self.peak_bytes = 0
+        self.peak_pss: dict[str, int] = {}
+        self.by_process: dict[str, dict[str, int]] = {}  # per phase: PSS per kind of process at the phase's peak
+        self.current = "job"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
         self._thread.start()
+
+    def phase(self, name: str) -> None:
+        """Count PSS samples from now on under ``name`` (e.g. "sft", "rl")."""
+        self.current = name
 
     def sample(self) -> int:
         import psutil
 
         me = psutil.Process()
-        total = 0
+        total = pss = 0
+        kinds: dict[str, int] = {}
         for p in [me, *me.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
+                info = p.memory_full_info()  # Linux: also pss (from smaps_rollup)
+                total += info.rss
+                pss += getattr(info, "pss", info.rss)
+                kind = process_kind(p) if p is not me else "driver"
+                kinds[kind] = kinds.get(kind, 0) + getattr(info, "pss", info.rss)
         self.peak_bytes = max(self.peak_bytes, total)
+        if pss > self.peak_pss.get(self.current, 0):
+            self.peak_pss[self.current] = pss
+            self.by_process[self.current] = kinds
         return total
 
     def _run(self, every_s: float) -> None:
@@ -48,8 +65,33 @@ class PeakRSS:
             self.sample()
 
     def stop(self) -> float:
+        """Stop sampling; the peak RSS in GiB."""
         self._stop.set()
         return self.peak_bytes / 2**30
+
+    def pss_gb(self) -> dict[str, float]:
+        """Peak PSS per phase, GiB."""
+        return {k: round(v / 2**30, 3) for k, v in self.peak_pss.items()}
+
+    def pss_by_process_gb(self, phase: str) -> dict[str, float]:
+        """PSS per kind of process at ``phase``'s peak, GiB, largest first."""
+        kinds = self.by_process.get(phase, {})
+        return {k: round(v / 2**30, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
+
+
+def process_kind(p: Any) -> str:
+    """What a process of the job is: a Ray actor or task by its title (``ray::RolloutWorker``),
+    ``ray::IDLE`` for pooled workers, vLLM's engine core, or the executable's name."""
+    cmd = p.cmdline()
+    title = cmd[0] if cmd else p.name()
+    if title.startswith("ray::"):
+        return title.split(".")[0].split(" ")[0]
+    if "EngineCore" in p.name() or "EngineCore" in title:
+        return "vllm EngineCore"
+    for known in ("raylet", "gcs_server", "dashboard", "log_monitor", "runtime_env", "monitor.py"):
+        if any(known in part for part in cmd[:3]):
+            return known
+    return p.name()
 
 
 @dataclass
@@ -61,6 +103,7 @@ class Run:
     resumed: bool = False
     _wandb: Any = None
     log_handler: logging.Handler | None = None  # the run's log.txt
+    timeline: Any = None  # anatomy.Timeline: every timer's span, for the step anatomy
 
     @classmethod
     def create(cls, job: JobConfig, resume_dir: str | None = None) -> "Run":
@@ -72,7 +115,9 @@ class Run:
         for sub in ("checkpoints", "plots"):
             (path / sub).mkdir(parents=True, exist_ok=True)
         dump_job(job, path / "config.yaml")
-        run = cls(job, path, resumed=bool(resume_dir))
+        from forge_ray.anatomy import Timeline
+
+        run = cls(job, path, resumed=bool(resume_dir), timeline=Timeline(path / "timeline.jsonl"))
         run._attach_log_file()
         run._wandb = _start_wandb(job, path)
         log.info("run directory: %s", path)
@@ -93,11 +138,13 @@ class Run:
 
     @contextlib.contextmanager
     def timer(self, name: str):
-        t0 = time.perf_counter()
+        t0, wall = time.perf_counter(), time.time()
         try:
             yield
         finally:
             self.timers[name] = self.timers.get(name, 0.0) + time.perf_counter() - t0
+            if self.timeline is not None:
+                self.timeline.span(name, wall, time.time())
 
     def pop_timers(self) -> dict[str, float]:
         out, self.timers = {f"time/{k}": round(v, 4) for k, v in self.timers.items()}, {}

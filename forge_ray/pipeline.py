@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from forge_ray.anatomy import plot_timeline
 from forge_ray.config import JobConfig
 from forge_ray.metrics import PeakRSS, Run, plot_curves
 
@@ -76,7 +77,7 @@ def tiny_corpus(job: JobConfig, n: int = 400) -> list[str]:
             for t, expert in expert_conversations(source, tasks, "tiny tokenizer corpus")]
 
 
-def base_model(job: JobConfig, run: Run) -> str:
+def base_model(job: JobConfig, run: Run, corpus: list[str] | None = None) -> str:
     if job.model.path:  # a local folder is made absolute for the actors; anything else passes through
         return str(Path(job.model.path).resolve()) if Path(job.model.path).exists() else job.model.path
     from forge_ray.models.tiny import make_tiny_model
@@ -85,7 +86,7 @@ def base_model(job: JobConfig, run: Run) -> str:
     out = make_tiny_model(run.dir / "checkpoints" / "base", m.tiny_seed, num_layers=m.tiny_layers, hidden_size=m.tiny_hidden,
                           intermediate_size=3 * m.tiny_hidden, num_heads=m.tiny_heads, num_kv_heads=m.tiny_kv_heads,
                           max_position=m.tiny_max_position,
-                          corpus=tiny_corpus(job))
+                          corpus=tiny_corpus(job) if corpus is None else corpus)
     log.info("built the tiny model into %s", out)
     return str(out)
 
@@ -186,7 +187,9 @@ def run_job(job: JobConfig, resume_dir: str | None = None) -> dict[str, Any]:
         run.abort(e)  # the W&B run ends as failed instead of being left running
         raise
     summary["wall_seconds"] = round(time.time() - t0, 1)
-    plot_curves(run, run.dir / "plots" / "reward.png")
+    if not job.domains:  # the recipe plots each domain's reward curve (plots/reward_<domain>.png)
+        plot_curves(run, run.dir / "plots" / "reward.png")
+    plot_timeline(run.dir / "timeline.jsonl", run.dir / "plots" / "timeline.png")
     run.finish(summary)
     print_summary(summary)
     return summary
@@ -199,9 +202,17 @@ def _stages(job: JobConfig, run: Run) -> dict[str, Any]:
 
     rss = PeakRSS()
     device = resolve_device(job.cluster.device)
+    t0 = time.perf_counter()
     init_ray(job)
+    log.info("Ray up in %.1f s", time.perf_counter() - t0)
     route_worker_logs(run.log_handler)
     summary: dict[str, Any] = {"run_dir": str(run.dir), "device": device, "mode": job.run.mode}
+    if job.domains:  # Klear-AgentForge's recipe: shared SFT, RL per domain, merge, merge-cost table
+        from forge_ray.recipe import run_recipe
+
+        summary.update(run_recipe(job, run, device))
+        summary["peak_rss_gb"] = round(rss.stop(), 3)
+        return summary
     model = _done(run, "base") or base_model(job, run)
     heldout_pr_loss(job, run, model, "base", summary)
     if job.mid_train.enabled:
@@ -209,12 +220,16 @@ def _stages(job: JobConfig, run: Run) -> dict[str, Any]:
         summary["mid_train_checkpoint"] = model
         heldout_pr_loss(job, run, model, "mid_train", summary)
     if job.sft.enabled:
+        rss.phase("sft")
         model = _done(run, "sft") or sft_stage(job, run, model, device)
         summary["sft_checkpoint"] = model
         heldout_pr_loss(job, run, model, "sft", summary)
     if job.run.steps > 0:
+        rss.phase("rl")
         summary.update(asyncio.run(run_rl(job, run, model, device)))
     summary["peak_rss_gb"] = round(rss.stop(), 3)
+    summary["peak_pss_gb"] = rss.pss_gb()  # per phase: "rl" is the RL phase (engines, learner ranks, buffer, Ray)
+    summary["rl_pss_by_process_gb"] = rss.pss_by_process_gb("rl")
     return summary
 
 
@@ -236,4 +251,4 @@ def print_summary(summary: dict[str, Any]) -> None:
         if v is not None:
             print(f"{k:<{width}}  {v:>14.3f}" if isinstance(v, float) else f"{k:<{width}}  {v!s:>14}")
     print("-" * (width + 16))
-    print(f"run directory: {summary['run_dir']}  (summary.json, metrics.jsonl, plots/reward.png, checkpoints/)\n")
+    print(f"run directory: {summary['run_dir']}  (summary.json, metrics.jsonl, timeline.jsonl, plots/, checkpoints/)\n")

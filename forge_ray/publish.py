@@ -44,10 +44,17 @@ async def update(job: JobConfig, run: Run, learner: LearnerGroup, items: list, v
     from ray.exceptions import RayActorError
 
     try:
-        return await learner.train_step(items), await export(job, learner, version)
+        return await _train_export(job, run, learner, items, version)
     except RayActorError as e:
         path = checkpoint.latest(run.dir)
         log.warning("a learner rank died (%s); rebuilding the learner group from %s", type(e).__name__,
                     path or "the starting weights (no checkpoint yet: set run.checkpoint_every)")
         await learner.recover(str(path) if path else None)
-        return await learner.train_step(items), await export(job, learner, version)
+        return await _train_export(job, run, learner, items, version)
+
+
+async def _train_export(job: JobConfig, run: Run, learner: LearnerGroup, items: list, version: int) -> tuple[dict, list]:
+    with run.timer("train"):
+        metrics = await learner.train_step(items)
+    with run.timer("export"):
+        return metrics, await export(job, learner, version)

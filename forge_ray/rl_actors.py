@@ -31,6 +31,20 @@ class Actors:
         ray.kill(self.buffer)
 
 
+def engine_kwargs(job: JobConfig, device: str) -> dict[str, Any]:
+    """``VLLMEngine`` settings of the job's rollout engines."""
+    r = job.rollout
+    return dict(dtype=job.model.dtype, max_model_len=r.max_context + r.max_new_tokens, kv_cache_mb=r.kv_cache_mb,
+                gpu_memory_utilization=r.gpu_memory_utilization, device=device, seed=job.run.seed)
+
+
+def episode_spec(job: JobConfig) -> Any:
+    from forge_ray.rollout.agent_loop import EpisodeSpec
+
+    r = job.rollout
+    return EpisodeSpec(r.max_new_tokens, r.max_context, r.temperature, r.top_p, r.episode_timeout_s)
+
+
 def spawn(job: JobConfig, model_path: str, device: str, factory: Any, max_staleness: int) -> Actors:
     """Start the engines (with ``factory``'s environments), the learner ranks, the env services
     and the buffer (``max_staleness``: versions a group may lag)."""
@@ -40,16 +54,12 @@ def spawn(job: JobConfig, model_path: str, device: str, factory: Any, max_stalen
     from forge_ray.cluster.actors import on_driver_node
     from forge_ray.env.pool import EnvServices
     from forge_ray.learner.group import LearnerGroup
-    from forge_ray.rollout.agent_loop import EpisodeSpec
     from forge_ray.rollout.group import RolloutGroup
 
     r = job.rollout
-    spec = EpisodeSpec(r.max_new_tokens, r.max_context, r.temperature, r.top_p, r.episode_timeout_s)
-    engine_kwargs = dict(dtype=job.model.dtype, max_model_len=r.max_context + r.max_new_tokens, kv_cache_mb=r.kv_cache_mb,
-                         gpu_memory_utilization=r.gpu_memory_utilization, device=device, seed=job.run.seed)
     gpu = {"GPU": 1} if device == "cuda" else {}
     services = EnvServices.start(job, factory)  # env pool / reward actor, when configured
-    rollout = RolloutGroup(model_path, r.num_engines, engine_kwargs, factory, spec,
+    rollout = RolloutGroup(model_path, r.num_engines, engine_kwargs(job, device), factory, episode_spec(job),
                            {"CPU": 1, **gpu, **job.cluster.rollout_resources}, env_pool=services.pool, scorer=services.scorer)
     learner = LearnerGroup(job.learner, model_path, job.model.dtype, device, {"CPU": 1, **gpu, **job.cluster.learner_resources},
                            temperature=r.temperature)

@@ -98,9 +98,11 @@ class Trajectory:
     status: Status
     messages: list[dict[str, Any]]  # decoded conversation, for logging and the checker
     reward: RewardBreakdown | None = None
-    env_seconds: float = 0.0
-    gen_seconds: float = 0.0
-    score_seconds: float = 0.0
+    env_seconds: float = 0.0  # in the environment: open, step calls
+    gen_seconds: float = 0.0  # waiting for the engine's turns
+    score_seconds: float = 0.0  # scoring (the reward actor, or in process)
+    wall_seconds: float = 0.0  # the whole episode, open to close
+    topk: list[list[float]] = field(default_factory=list)  # per sampled token, the engine's top-k logprobs (EpisodeSpec.topk > 0; else empty)
 
     @property
     def versions(self) -> list[int]:
@@ -113,6 +115,18 @@ class Trajectory:
     @property
     def num_sampled(self) -> int:
         return sum(self.loss_mask)
+
+
+@dataclass(frozen=True)
+class EpisodeTime:
+    """Where one episode's wall time went (seconds): waiting for the engine's turns, the
+    environment (open, steps), scoring. The rest of ``wall`` is the agent loop itself: its
+    tokenising, Ray calls and event-loop waits (``forge_ray/anatomy.py``)."""
+
+    wall: float = 0.0
+    engine: float = 0.0
+    env: float = 0.0
+    score: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,7 @@ class TrajectoryMeta:
     turn_rewards: tuple[float, ...] = ()  # per assistant turn, when the reward has them
     reward_error: str | None = None  # scoring failed (RewardBreakdown.error): kept out of the loss and the statistics
     issue: int = 0  # the feeder's issue number of the group's prompt (the learner takes groups in issue order)
+    time: EpisodeTime = EpisodeTime()  # where the episode's wall time went (the step anatomy)
 
 
 @dataclass(frozen=True)
@@ -160,3 +175,4 @@ class Generation:
     logprobs: list[float]
     finish_reason: str  # "stop" or "length"
     version: int
+    topk: list[list[float]] = field(default_factory=list)  # per sampled token, its step's top-k logprobs, descending (generate(topk=k))

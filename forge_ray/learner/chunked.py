@@ -40,28 +40,45 @@ def _entropy_(lf: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     return -logp.exp().mul_(logp).sum(dim=-1)
 
 
+SPARSE_BELOW = 0.5  # skip positions without a target when they are more than half of all
+
+
+def _picked(valid: torch.Tensor) -> torch.Tensor | None:
+    """Indices of the flattened positions to score, or None for all of them: the head is run
+    only where a target is wanted once most positions have none (an RL batch: prompts and
+    observations carry no loss)."""
+    flat = valid.flatten()
+    n = int(flat.sum())
+    return flat.nonzero()[:, 0] if n < SPARSE_BELOW * flat.numel() else None
+
+
 class _HeadLogprobs(torch.autograd.Function):
     """``hidden`` (B, T, H) -> log-prob of ``targets`` (B, T) and, if asked, entropy (detached);
     inside, the B * T positions are rows, taken ``chunk`` at a time, with at most two
-    (chunk, V) float32 tensors alive. The outputs are fresh tensors, not views (FSDP2 warns
-    about a root module that returns a view)."""
+    (chunk, V) float32 tensors alive; when most positions have no target only the others are
+    computed (``_picked``). The outputs are fresh tensors, not views (FSDP2 warns about a root
+    module that returns a view)."""
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
                 temperature: float, chunk: int, entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
         valid = targets != IGNORE
+        pick = _picked(valid)
         tgt = torch.where(valid, targets, 0).long().flatten()
         acc = torch.promote_types(hidden.dtype, torch.float32)
         rows = hidden.reshape(-1, hidden.shape[-1])
-        lp, lse = hidden.new_empty(targets.shape, dtype=acc), hidden.new_empty(rows.shape[0], dtype=acc)
+        n = rows.shape[0] if pick is None else pick.numel()
+        lp = hidden.new_zeros(targets.shape, dtype=acc)
+        lse = hidden.new_empty(n, dtype=acc)
         ent = hidden.new_zeros(targets.shape if entropy else (0,), dtype=acc)
-        for s in range(0, rows.shape[0], chunk):
-            lf = _logits(rows[s : s + chunk], weight, bias, temperature)
+        for s in range(0, n, chunk):
+            at = slice(s, s + chunk) if pick is None else pick[s : s + chunk]
+            lf = _logits(rows[at], weight, bias, temperature)
             lse[s : s + chunk] = torch.logsumexp(lf, dim=-1)
-            lp.view(-1)[s : s + chunk] = torch.gather(lf, -1, tgt[s : s + chunk, None])[:, 0] - lse[s : s + chunk]
+            lp.view(-1)[at] = torch.gather(lf, -1, tgt[at, None])[:, 0] - lse[s : s + chunk]
             if entropy:
-                ent.view(-1)[s : s + chunk] = _entropy_(lf, lse[s : s + chunk])
-        ctx.save_for_backward(hidden, weight, bias, tgt, valid, lse)
+                ent.view(-1)[at] = _entropy_(lf, lse[s : s + chunk])
+        ctx.save_for_backward(hidden, weight, bias, tgt, valid, lse, pick)
         ctx.temperature, ctx.chunk = temperature, chunk
         ctx.mark_non_differentiable(ent)
         return torch.where(valid, lp, 0.0), ent
@@ -71,19 +88,20 @@ class _HeadLogprobs(torch.autograd.Function):
     def backward(ctx: Any, g_lp: torch.Tensor, _g_ent: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """d lp / d logit_j = 1[j = target] - p_j, then the head's matmul backward, per chunk; the
         same operations as autograd takes through the full path (bitwise equal for one chunk)."""
-        hidden, weight, bias, tgt, valid, lse = ctx.saved_tensors
+        hidden, weight, bias, tgt, valid, lse, pick = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         g = torch.where(valid, g_lp, 0.0).to(lse.dtype).flatten()
         acc, rows, c = lse.dtype, hidden.reshape(-1, hidden.shape[-1]), ctx.chunk
-        gh = torch.empty_like(rows) if need_h else None
+        gh = (torch.empty_like(rows) if pick is None else torch.zeros_like(rows)) if need_h else None
         gw = gb = None  # float32 sums over the chunks
-        for s in range(0, rows.shape[0], c):
-            h, gc = rows[s : s + c], g[s : s + c]
+        for s in range(0, lse.numel(), c):
+            at = slice(s, s + c) if pick is None else pick[s : s + c]
+            h, gc = rows[at], g[at]
             gl = _logits(h, weight, bias, ctx.temperature).sub_(lse[s : s + c, None]).exp_().mul_(-gc[:, None])  # logsumexp bwd
-            gl.scatter_add_(-1, tgt[s : s + c, None], gc[:, None])  # gather backward
+            gl.scatter_add_(-1, tgt[at, None], gc[:, None])  # gather backward
             gl = (gl.div_(ctx.temperature) if ctx.temperature != 1.0 else gl).to(hidden.dtype)
             if need_h:
-                gh[s : s + c] = gl.mm(weight)
+                gh[at] = gl.mm(weight)
             if need_w:
                 gw = gl.t().mm(h).to(acc) if gw is None else gw.add_(gl.t().mm(h))
             if need_b:
@@ -182,15 +200,20 @@ def model_logprobs(
 
 def model_token_logprobs(
     model: Any, tokens: torch.Tensor, *, temperature: float = 1.0, chunk: int = 1024, entropy: bool = False,
-    **model_kwargs: Any,
+    score: torch.Tensor | None = None, **model_kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``token_logprobs(model(tokens).logits.float() / temperature, tokens)`` and, with ``entropy``,
-    the detached ``entropy_from_logits`` of the same logits, chunked as in :func:`model_logprobs`."""
+    the detached ``entropy_from_logits`` of the same logits, chunked as in :func:`model_logprobs`.
+    ``score`` (B, T), when given, marks the tokens whose log-prob (and entropy) is wanted: the
+    others come back 0 and, on the chunked path, their positions skip the LM head when they are
+    most of the batch (an RL batch's prompts and observations)."""
     if chunk <= 0:  # the full-logits path
         logits = model(input_ids=tokens, use_cache=False, **model_kwargs).logits.float() / temperature
         with torch.no_grad():
             ent = entropy_from_logits(logits) if entropy else None
         return token_logprobs(logits, tokens), ent
     targets = F.pad(tokens[:, 1:], (0, 1), value=IGNORE)
+    if score is not None:
+        targets = targets.masked_fill(~F.pad(score[:, 1:].bool(), (0, 1), value=False), IGNORE)
     lp, ent = model_logprobs(model, tokens, targets, temperature=temperature, chunk=chunk, entropy=entropy, **model_kwargs)
     return _shift(lp), (None if ent is None else _shift(ent))

@@ -28,7 +28,7 @@ def merge_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
         values = [m[key] for m in per_rank]
         if key in ("tokens", "sequences"):
             out[key] = sum(values)
-        elif key == "seconds":
+        elif key in ("seconds", "fetch_seconds"):
             out[key] = max(values)
         elif key in ("loss", "grad_norm", "lr", "ppo_steps"):  # the same on every rank, or a share of a global figure
             out[key] = sum(values) / len(values)

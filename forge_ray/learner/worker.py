@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from forge_ray.config import LearnerConfig
@@ -58,16 +59,49 @@ def pad_batch(trajs: list[Any], advantages: list[Any], old_logp: list[Any] | Non
     return out
 
 
-def _chunks(trajs: list[Any], advs: list[Any], old: list[Any] | None, size: int) -> list[tuple]:
-    """Micro-batches of ``size`` trajectories: ``pad_batch`` arguments."""
-    return [(trajs[i : i + size], advs[i : i + size]) + (() if old is None else (old[i : i + size],)) for i in range(0, len(trajs), size)]
+def threads(cfg: LearnerConfig) -> int:
+    """Torch threads per rank: ``learner.threads``, or (0) this machine's cores shared among the
+    ranks (1 each when there are as many ranks as cores)."""
+    import os
+
+    return cfg.threads if cfg.threads > 0 else max(1, (os.cpu_count() or 1) // max(cfg.num_workers, 1))
+
+
+@dataclass
+class Micro:
+    """One forward/backward's trajectories (``index``: their places in the rank's batch), with
+    their advantages, pre-update logprobs (PPO) and, when packed, their rows (``packing``)."""
+
+    trajs: list[Any]
+    advs: list[Any]
+    old: list[Any] | None
+    index: list[int]
+    rows: list[list[int]] | None = None
+
+
+def _chunks(trajs: list[Any], advs: list[Any], old: list[Any] | None, size: int, micro_tokens: int = 0) -> list[Micro]:
+    """Micro-batches: ``size`` trajectories each, padded; or with ``micro_tokens`` > 0 packed
+    rows of at most that many tokens each (``packing.token_micro_batches``)."""
+    def take(idx: list[int], rows: list[list[int]] | None = None) -> Micro:
+        return Micro([trajs[i] for i in idx], [advs[i] for i in idx], None if old is None else [old[i] for i in idx], idx, rows)
+
+    if micro_tokens <= 0:
+        return [take(list(range(i, min(i + size, len(trajs))))) for i in range(0, len(trajs), size)]
+    from forge_ray.learner.packing import token_micro_batches
+
+    out = []
+    for rows in token_micro_batches([len(t.tokens) for t in trajs], micro_tokens):
+        idx = [i for row in rows for i in row]
+        local = {i: j for j, i in enumerate(idx)}
+        out.append(take(idx, [[local[i] for i in row] for row in rows]))
+    return out
 
 
 class FSDPWorker:
     def __init__(self, rank: int, world_size: int, cfg: LearnerConfig, model_path: str, dtype: str, device: str, temperature: float = 1.0):
         import torch
 
-        torch.set_num_threads(1)  # ranks share the cores with engines and each other
+        torch.set_num_threads(threads(cfg))
         self.rank, self.world_size = rank, world_size
         self.cfg, self.model_path, self.dtype, self.device = cfg, model_path, dtype, device
         self.model = self.optimizer = None
@@ -127,8 +161,9 @@ class FSDPWorker:
             trajs = ray.get([box[0] for box, _ in items]) if items else []
         except ObjectLostError as e:  # agreed on below, so no rank is left alone in a collective
             trajs, lost = [], type(e).__name__
+        fetched = time.perf_counter() - t0
         advs = [a for _, a in items]
-        chunks = _chunks(trajs, advs, None, self.cfg.micro_batch)
+        chunks = _chunks(trajs, advs, None, self.cfg.micro_batch, self.cfg.micro_tokens)
         # Every rank must run the same number of forward/backward passes (FSDP collectives).
         agreed = torch.tensor([len(chunks), int(bool(lost))])
         dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
@@ -143,13 +178,15 @@ class FSDPWorker:
         else:
             norms = self._ppo_steps(trajs, advs, chunks, int(agreed[0]), sums)
         self.step += 1
+        computed = sums.pop("positions", 0.0)
+        pad_frac = 1.0 - sums.pop("real_positions", 0.0) / computed if computed else 0.0
         toks = sums.pop("tokens", 0.0)  # summed over every step: each epoch counts each token once
         # Per-token means on this rank over all steps; LearnerGroup merges ranks (token-weighted,
         # and the mean of ``loss``, which each rank holds as W * its share of the global loss).
         metrics = {k: v / max(toks, 1.0) for k, v in sums.items() if k != "loss_sum"}
         metrics.update(loss=sums.get("loss_sum", 0.0) / len(norms), grad_norm=sum(norms) / len(norms), lr=self._lr(),
                        tokens=toks / self.cfg.epochs, seconds=time.perf_counter() - t0, sequences=float(len(trajs)),
-                       ppo_steps=float(len(norms)))
+                       ppo_steps=float(len(norms)), fetch_seconds=fetched, pad_frac=pad_frac)
         return metrics
 
     def _ppo_steps(self, trajs: list[Any], advs: list[Any], chunks: list[tuple], n: int, sums: dict[str, float]) -> list[float]:
@@ -165,26 +202,45 @@ class FSDPWorker:
         old = self._old_logprobs(chunks, n)
         mb, norms = self.cfg.micro_batch, []
         for part in schedule(gathered, self.rank, self.cfg.mini_batches, self.cfg.epochs, self.step, mb):
-            sub = _chunks([trajs[i] for i in part.items], [advs[i] for i in part.items], [old[i] for i in part.items], mb)
-            self._accumulate(sub, part.micro_steps, part.tokens, sums)
+            sub = _chunks([trajs[i] for i in part.items], [advs[i] for i in part.items], [old[i] for i in part.items], mb,
+                          self.cfg.micro_tokens)
+            self._accumulate(sub, self._agree(len(sub)) if self.cfg.micro_tokens > 0 else part.micro_steps, part.tokens, sums)
             norms.append(self._optimizer_step())
         return norms
 
-    def _old_logprobs(self, chunks: list[tuple], n: int) -> list[Any]:
+    def _old_logprobs(self, chunks: list[Micro], n: int) -> list[Any]:
         """Token logprobs of every trajectory under the current weights, without gradient, one
-        CPU tensor per trajectory (``n`` passes, the same on every rank)."""
+        CPU tensor per trajectory in batch order (``n`` passes, the same on every rank)."""
         import torch
 
-        out = []
+        from forge_ray.learner.packing import unpack
+
+        out: list[Any] = [None] * sum(len(c.trajs) for c in chunks)
         with torch.no_grad():
             for i in range(n):
                 batch = chunks[i] if i < len(chunks) else None
-                logp, _ = self._forward(self._device_batch(batch)["tokens"])
-                if batch is not None:
-                    out += [logp[j, : len(t.tokens)].cpu() for j, t in enumerate(batch[0])]
+                data = self._device_batch(batch)
+                logp, _ = self._forward(data)
+                if batch is None:
+                    continue
+                if batch.rows is not None:
+                    rows = unpack(logp.cpu(), data["slots"], len(batch.trajs))
+                else:
+                    rows = [logp[j, : len(t.tokens)].cpu() for j, t in enumerate(batch.trajs)]
+                for j, lp in zip(batch.index, rows):
+                    out[j] = lp
         return out
 
-    def _accumulate(self, chunks: list[tuple], n: int, num_tokens: float, sums: dict[str, float]) -> None:
+    def _agree(self, n: int) -> int:
+        """The largest ``n`` over the ranks (every rank runs as many passes: FSDP collectives)."""
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([n])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t[0])
+
+    def _accumulate(self, chunks: list[Micro], n: int, num_tokens: float, sums: dict[str, float]) -> None:
         """``n`` forward/backward passes over ``chunks``; a rank with fewer chunks still joins
         the collectives with empty ones."""
         for i in range(n):
@@ -202,30 +258,41 @@ class FSDPWorker:
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
 
-    def _device_batch(self, batch: tuple | None) -> dict[str, Any]:
+    def _device_batch(self, batch: Micro | None) -> dict[str, Any]:
+        """The micro-batch's tensors on the device: padded (B, T), or packed rows with
+        ``position_ids`` (and ``slots``, where each trajectory sits)."""
         import torch
+
+        from forge_ray.learner.packing import pack
 
         dev = "cuda" if self.device == "cuda" else "cpu"
         if batch is None:  # a rank with less data still joins the collectives, with zero loss
             data = {"tokens": torch.zeros(1, 2, dtype=torch.long), "mask": torch.zeros(1, 2), "infer_logp": torch.zeros(1, 2), "advantages": torch.zeros(1, 2)}
-        else:
-            data = pad_batch(*batch)
-        return {k: v.to(dev) for k, v in data.items()}
+            return {k: v.to(dev) for k, v in data.items()}
+        data = pad_batch(batch.trajs, batch.advs, batch.old)
+        where = None
+        if batch.rows is not None:
+            data, where = pack(data, batch.rows, [len(t.tokens) for t in batch.trajs])
+        return {**{k: v.to(dev) for k, v in data.items()}, "slots": where, "real_positions": sum(len(t.tokens) for t in batch.trajs)}
 
-    def _forward(self, tokens: Any, entropy: bool = False) -> tuple[Any, Any]:
+    def _forward(self, data: dict[str, Any], entropy: bool = False) -> tuple[Any, Any]:
         """(logp, entropy or None), both (B, T): the logits are ``float() / temperature`` as the
-        engine's, taken ``cfg.logprob_chunk`` positions at a time (the entropy is detached)."""
+        engine's, taken ``cfg.logprob_chunk`` positions at a time (the entropy is detached), only
+        for the sampled tokens (loss mask 1; the others are 0); packed rows attend within each
+        trajectory (``position_ids``)."""
         from forge_ray.learner.chunked import model_token_logprobs
 
-        return model_token_logprobs(self.model, tokens, temperature=self.temperature, chunk=self.cfg.logprob_chunk, entropy=entropy)
+        extra = {"position_ids": data["position_ids"]} if "position_ids" in data else {}
+        return model_token_logprobs(self.model, data["tokens"], temperature=self.temperature, chunk=self.cfg.logprob_chunk,
+                                    entropy=entropy, score=data["mask"] > 0, **extra)
 
-    def _micro_step(self, batch: tuple | None, num_tokens: float, sums: dict[str, float]) -> None:
+    def _micro_step(self, batch: Micro | None, num_tokens: float, sums: dict[str, float]) -> None:
         import torch
 
         from forge_ray.learner.loss import grpo_loss
 
         data = self._device_batch(batch)
-        logp, entropy = self._forward(data["tokens"], entropy=True)
+        logp, entropy = self._forward(data, entropy=True)
         # pi_old: the pre-update logprobs when the batch has them (PPO steps), else the current
         # policy (a single update: ratio 1). The engine's logprobs enter only through TIS.
         old = data.get("old_logp", logp.detach())
@@ -245,6 +312,9 @@ class FSDPWorker:
         sums["entropy"] = sums.get("entropy", 0.0) + ent
         sums["logp_mismatch"] = sums.get("logp_mismatch", 0.0) + mismatch
         sums["tokens"] = sums.get("tokens", 0.0) + k
+        if batch is not None:  # the padding the micro-batch computed (learner.micro_tokens packs it away)
+            sums["positions"] = sums.get("positions", 0.0) + data["tokens"].numel()
+            sums["real_positions"] = sums.get("real_positions", 0.0) + data["real_positions"]
 
     def export_weights(self, version: int, bucket_mb: int) -> list[Any]:
         """Gather the weights and put them into the object store in buckets (rank 0 returns

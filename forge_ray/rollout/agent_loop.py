@@ -29,6 +29,7 @@ class EpisodeSpec:
     temperature: float = 1.0
     top_p: float = 1.0
     timeout_s: float = 120.0  # wall-clock limit of the episode
+    topk: int = 0  # > 0: ask the engine for each sampled token's top-k logprobs (Trajectory.topk; test-time selection)
 
 
 Generate = Callable[..., Awaitable[Generation]]
@@ -51,6 +52,7 @@ async def run_episode(
     workspace is not the policy's time)."""
     stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     traj = Trajectory(task.id, group_id, sample_index, 0, [], [], [], [], Status.OK, list(task.messages))
+    t_open = time.monotonic()
     try:
         t0 = time.monotonic()
         task = await env.open(task)
@@ -69,6 +71,7 @@ async def run_episode(
             traj.score_seconds = time.monotonic() - t0
     finally:
         await _close(env)
+        traj.wall_seconds = time.monotonic() - t_open
     return traj
 
 
@@ -95,8 +98,9 @@ async def _play(generate, env, tokenizer, spec, traj, stop_id, deadline, seed) -
         if budget <= 0:
             return Status.TRUNCATED
         t0 = time.monotonic()
+        extra = {"topk": spec.topk} if spec.topk > 0 else {}  # only when asked: other generate callables lack it
         gen = await asyncio.wait_for(
-            generate(traj.tokens, max_tokens=budget, temperature=spec.temperature, top_p=spec.top_p, stop_token_ids=[stop_id], seed=None if seed is None else seed + turn),
+            generate(traj.tokens, max_tokens=budget, temperature=spec.temperature, top_p=spec.top_p, stop_token_ids=[stop_id], seed=None if seed is None else seed + turn, **extra),
             timeout=max(deadline - t0, 0.001),
         )
         traj.gen_seconds += time.monotonic() - t0
@@ -104,6 +108,8 @@ async def _play(generate, env, tokenizer, spec, traj, stop_id, deadline, seed) -
         traj.tokens += gen.token_ids
         traj.logprobs += gen.logprobs
         traj.loss_mask += [1] * len(gen.token_ids)
+        if spec.topk > 0:
+            traj.topk += gen.topk
         traj.turns.append(Turn(start, len(traj.tokens), gen.version, gen.finish_reason))
         if gen.finish_reason != "stop":
             return Status.TRUNCATED  # the turn was cut off by the token budget

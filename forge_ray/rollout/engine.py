@@ -75,7 +75,11 @@ class VLLMEngine:
         top_p: float = 1.0,
         stop_token_ids: list[int],
         seed: int | None = None,
+        topk: int = 0,
     ) -> Generation:
+        """Sample a reply to ``prompt_ids``. ``topk`` > 0 also returns, per sampled token, the
+        ``topk`` largest logprobs of its step (descending) in ``Generation.topk`` (test-time
+        selection); 0, the default, asks vLLM for the sampled token's logprob only."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -83,7 +87,7 @@ class VLLMEngine:
             max_tokens=max_tokens,
             temperature=temperature,
             top_p=top_p,
-            logprobs=0,  # the sampled token's own logprob
+            logprobs=topk if topk > 0 else 0,  # 0: the sampled token's own logprob only
             stop_token_ids=stop_token_ids,
             detokenize=False,
             seed=seed,
@@ -92,10 +96,35 @@ class VLLMEngine:
         async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id=f"r{next(self._ids)}"):
             final = out
         completion = final.outputs[0]
-        logprobs = [next(iter(d.values())).logprob if d else 0.0 for d in completion.logprobs or []]
+        if topk > 0:  # each step holds the top k and the sampled token: take the sampled one's by id
+            steps = list(completion.logprobs or [])
+            logprobs = [d[t].logprob if d and t in d else 0.0 for t, d in zip(completion.token_ids, steps)]
+            top = [sorted((lp.logprob for lp in d.values()), reverse=True)[:topk] if d else [] for d in steps]
+        else:
+            logprobs = [next(iter(d.values())).logprob if d else 0.0 for d in completion.logprobs or []]
+            top = []
         # Read the version when the request ends: updates drain in-flight requests first,
         # so a request that finishes after an update was admitted after it.
-        return Generation(list(completion.token_ids), logprobs, completion.finish_reason or "length", self.version)
+        return Generation(list(completion.token_ids), logprobs, completion.finish_reason or "length", self.version, top)
+
+    async def score_prompt(self, token_ids: list[int], topk: int) -> tuple[list[float], list[list[float]]]:
+        """The model's view of a given sequence (vLLM ``prompt_logprobs``, one token sampled and
+        dropped): per position i, the logprob of ``token_ids[i]`` given the ids before it, and
+        the ``topk`` largest logprobs there (descending). Position 0 has none (0.0, []).
+        Prompt logprobs are the raw distribution: no temperature or top-p."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=max(topk, 0), detokenize=False)
+        final = None
+        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=token_ids), params, request_id=f"p{next(self._ids)}"):
+            final = out
+        logprobs: list[float] = []
+        top: list[list[float]] = []
+        for t, d in zip(token_ids, final.prompt_logprobs or [None] * len(token_ids)):
+            logprobs.append(d[t].logprob if d and t in d else 0.0)
+            top.append(sorted((lp.logprob for lp in d.values()), reverse=True)[:topk] if d and topk > 0 else [])
+        return logprobs, top
 
     async def update_weights(self, version: int, bucket_refs: list[Any]) -> dict[str, float]:
         """Host path: load ``version``'s buckets (ObjectRefs of ``WeightBucket``) and switch to

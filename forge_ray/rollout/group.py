@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from forge_ray.env.protocol import EnvFactory
 from forge_ray.rollout.agent_loop import EpisodeSpec, run_episode
-from forge_ray.types import Status, Task, Trajectory, TrajectoryMeta
+from forge_ray.types import EpisodeTime, Status, Task, Trajectory, TrajectoryMeta
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +32,18 @@ def trajectory_meta(traj: Trajectory, issue: int = 0) -> TrajectoryMeta:
         turn_rewards=tuple(traj.reward.per_turn or ()) if traj.reward else (),
         reward_error=(traj.reward.error if traj.reward else "not scored") if traj.status != Status.ENV_FAILURE else None,
         issue=issue,
+        time=EpisodeTime(traj.wall_seconds, traj.gen_seconds, traj.env_seconds, traj.score_seconds),
     )
 
 
 class RolloutWorker:
     def __init__(self, model_path: str, engine_kwargs: dict, env_factory: EnvFactory, spec: EpisodeSpec,
                  env_pool: Any = None, scorer: Any = None):
+        from forge_ray.anatomy import EngineActivity
         from forge_ray.rollout.engine import VLLMEngine
 
         self.engine = VLLMEngine(model_path, **engine_kwargs)
+        self.activity_log = EngineActivity()  # when the engine is generating (the step anatomy)
         self.model_path = model_path
         self.env_factory = env_factory
         self.env_pool, self.scorer = env_pool, scorer  # EnvPool / RewardClient, or None: in-process
@@ -64,8 +68,19 @@ class RolloutWorker:
     async def _episode(self, task: Task, spec: EpisodeSpec, group_id: str, i: int) -> tuple[Trajectory, str | None]:
         """One episode, and why the env pool failed under it (None when it did not)."""
         env = self._env()
-        traj = await run_episode(self.engine.generate, env, task, self.tokenizer, spec, group_id=group_id, sample_index=i)
+        traj = await run_episode(self._generate, env, task, self.tokenizer, spec, group_id=group_id, sample_index=i)
         return traj, env.failed
+
+    async def _generate(self, prompt_ids: list[int], **kw) -> Any:
+        self.activity_log.begin()
+        try:
+            return await self.engine.generate(prompt_ids, **kw)
+        finally:
+            self.activity_log.end()
+
+    def activity(self) -> Any:
+        """The ``anatomy.EngineReport`` since the last call."""
+        return self.activity_log.pop()
 
     async def run_group(self, task: Task, group_id: str, n: int, buffer: Any, issue: int = 0) -> list[TrajectoryMeta]:
         """Play ``n`` samples of ``task`` (issued as the feeder's ``issue``-th prompt), then put
@@ -84,8 +99,10 @@ class RolloutWorker:
         if failed:
             raise EnvPoolError(f"group {group_id}: {len(failed)} of {n} episodes lost to the env pool ({failed[0]})")
         metas = [trajectory_meta(traj, issue) for traj, _ in played]
+        t0 = time.monotonic()
         # This actor owns the objects: if it dies, the learner meets ``TrajectoriesLost``.
         await asyncio.gather(*(buffer.put.remote(meta, [ray.put(traj)]) for meta, (traj, _) in zip(metas, played)))
+        self.activity_log.put(time.monotonic() - t0)
         for traj, _ in played:
             telemetry.count("rollout_tokens", traj.num_sampled, role="rollout")
             telemetry.count("trajectories", 1, role="rollout")

@@ -48,7 +48,8 @@ def from_trajectory(traj: Trajectory, normalise: Callable[[Trajectory], str], to
                     env_topk: list[list[float]] | None = None) -> Candidate:
     """A ``Candidate`` from a finished trajectory: sampled tokens are those with loss_mask 1,
     environment tokens the mask-0 tokens after the prompt. ``topk`` / ``env_topk`` come from
-    the engine when it returns them (not wired yet)."""
+    the engine: ``Trajectory.topk`` (``EpisodeSpec.topk``) and ``VLLMEngine.score_prompt``
+    (``forge-ray tts``, forge_ray/tts/run.py)."""
     sampled = [lp for lp, m in zip(traj.logprobs, traj.loss_mask) if m]
     env = sum(1 for m in traj.loss_mask[traj.prompt_len:] if not m)
     return Candidate(index=traj.sample_index, answer=normalise(traj), logprobs=sampled, topk=list(topk or []),

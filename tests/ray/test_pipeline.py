@@ -33,7 +33,7 @@ def test_async_with_sft(ray_cluster, tmp_path, tiny_model):
     assert summary["policy_version"] == 3 and summary["sync_seconds_mean"] > 0
     assert 0.0 <= summary["sft_success"] <= 1.0 and 0.0 <= summary["rl_success"] <= 1.0
     d = Path(summary["run_dir"])
-    for name in ("config.yaml", "log.txt", "metrics.jsonl", "summary.json", "plots/reward.png",
+    for name in ("config.yaml", "log.txt", "metrics.jsonl", "summary.json", "plots/reward.png", "timeline.jsonl", "plots/timeline.png",
                  "checkpoints/sft/model.safetensors", "checkpoints/rl/model.safetensors", "checkpoints/sft/sft_metrics.jsonl"):
         assert (d / name).exists(), name
     rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
@@ -41,6 +41,13 @@ def test_async_with_sft(ray_cluster, tmp_path, tiny_model):
     assert {"sft", "rl", "eval"} <= stages
     rl = [r for r in rows if r["stage"] == "rl"]
     assert [r["step"] for r in rl] == [1, 2, 3] and all(r["staleness_max"] <= 1 for r in rl)
+    for r in rl:  # the step anatomy: the engine generated during every step; each episode's time is accounted for
+        assert 0 < r["anatomy/engine_generating_frac"] <= 1 and r["anatomy/step_s"] > 0
+        assert r["anatomy/episode_engine_s"] > 0 and r["anatomy/episode_wall_s"] >= r["anatomy/episode_engine_s"]
+        assert r["time/train"] > 0 and r["time/export"] > 0 and r["time/sync"] > 0 and r["fetch_seconds"] >= 0
+    lanes = {json.loads(line)["lane"] for line in (d / "timeline.jsonl").read_text().splitlines()}
+    assert {"driver", "learner", "engine 0"} <= lanes
+    assert summary["peak_pss_gb"]["rl"] > 0.5 and summary["peak_pss_gb"]["sft"] > 0.5  # engines and ranks are counted
     assert list((d / "wandb").glob("offline-run-*"))  # W&B offline run written into the run dir
 
 

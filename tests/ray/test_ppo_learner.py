@@ -56,9 +56,10 @@ def _run(tiny_model, cfg, *batches):
         learner.shutdown()
 
 
-def test_ppo_epochs_and_minibatches_move_the_ratio(tiny_model, batches):
+@pytest.mark.parametrize("micro_tokens", [0, 96])  # padded micro-batches; packed rows (old logprobs unpacked per trajectory)
+def test_ppo_epochs_and_minibatches_move_the_ratio(tiny_model, batches, micro_tokens):
     main, sparse = batches
-    cfg = LearnerConfig(num_workers=2, lr=0.01, micro_batch=2, epochs=2, mini_batches=2)
+    cfg = LearnerConfig(num_workers=2, lr=0.01, micro_batch=2, epochs=2, mini_batches=2, micro_tokens=micro_tokens)
     m, s = _run(tiny_model, cfg, main, sparse)
     print("ppo", {k: round(v, 5) for k, v in m.items()}, "\nsparse", {k: round(v, 5) for k, v in s.items()})
     assert m["ppo_steps"] == 4 and s["ppo_steps"] == 4

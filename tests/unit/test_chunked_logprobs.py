@@ -249,3 +249,25 @@ def test_fsdp2_two_ranks_gradients_match_full_logits(tiny):
         (lp_tied, g_tied, n_tied), (lp_untied, g_untied, n_untied) = errors
         assert n_untied == n_tied + 1  # the untied model's lm_head.weight got a gradient too
         assert lp_tied < 1e-5 and lp_untied < 1e-5 and g_tied < 1e-5 and g_untied < 1e-5
+
+
+@pytest.mark.parametrize("chunk", [4, 1024])
+def test_scoring_a_few_tokens_skips_the_rest_and_matches_the_full_path(tiny, chunk):
+    """With ``score`` marking a few tokens (an RL batch: the sampled ones) the head runs only on
+    their positions; values, entropies and gradients equal the full path's there, 0 elsewhere."""
+    from transformers import AutoModelForCausalLM
+
+    from forge_ray.learner import chunked
+
+    model = AutoModelForCausalLM.from_pretrained(tiny[1])
+    tokens = torch.randint(3, 500, (3, 20), generator=torch.Generator().manual_seed(5))
+    score = torch.zeros(3, 20, dtype=torch.bool)
+    score[:, 14:18] = True  # 12 of 60 tokens: sparse
+    assert chunked._picked(F.pad(score[:, 1:], (0, 1))) is not None
+    full = _grads(model, lambda: tuple(x * score if x is not None else x for x in model_token_logprobs(model, tokens, chunk=0, entropy=True)))
+    sparse = _grads(model, lambda: model_token_logprobs(model, tokens, chunk=chunk, entropy=True, score=score))
+    torch.testing.assert_close(sparse[0], full[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sparse[1], full[1], atol=1e-5, rtol=1e-5)
+    assert sparse[0][~score].eq(0).all() and sparse[1][~score].eq(0).all()
+    for k in full[2]:
+        torch.testing.assert_close(sparse[2][k], full[2][k], atol=1e-6, rtol=1e-4, msg=k)
