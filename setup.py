@@ -42,8 +42,9 @@ setup(
     },
     entry_points={
         "console_scripts": ["forge-ray=forge_ray.cli:main"],
-        # Registers the host-memory weight-transfer backend in vLLM's engine processes.
+        # In vLLM's engine processes: the weight-transfer backend; dying with the engine's actor
+        # and not busy-waiting when idle (forge_ray/rollout/engine.py).
         "vllm.general_plugins": ["forge_ray_weight_sync=forge_ray.rollout.weight_sync:register",
-                                 "forge_ray_engine_guard=forge_ray.rollout.engine:die_with_parent"],
+                                 "forge_ray_engine_setup=forge_ray.rollout.engine:engine_process_setup"],
     },
 )

@@ -1,26 +1,25 @@
 """Benchmark: what forge_ray's RL step costs against the raw cost of its parts, in one run.
 
-    .venv/bin/python bench/step_cost.py --model runs/quickstart-*/checkpoints/sft [--steps 12] [--rounds 3] [--out FILE]
+    .venv/bin/python bench/step_cost.py --model runs/quickstart-*/checkpoints/sft [--steps 12] [--out FILE]
 
-The same work four ways, one after the other in this process, from the same checkpoint and job
-file (the quickstart's: 16 prompts x 8 samples per step, multi-turn calculator episodes, every
-trajectory trained: ``learner.drop_zero_variance=false``):
+The quickstart's RL work (16 prompts x 8 samples per step, multi-turn calculator episodes,
+every trajectory trained: ``learner.drop_zero_variance=false``), from the same checkpoint, in
+this process, one after the other:
 
-1. forge_ray, ``mode: sync``, ``--steps`` RL steps: the median step time (``anatomy/step_s``)
-   after the first two steps;
-2. forge_ray, ``mode: async``, the same;
-3. raw generation: a batch of 16 x 8 episodes is played once in this process with the job's
-   agent loop (no Ray), then exactly its sampled tokens are generated again by a bare vLLM
-   ``AsyncLLM`` with the job's engine settings, turn by turn (every turn-k request at once, each
-   with the turn's prompt and exactly its length: ``min_tokens = max_tokens``, no stop): what
-   vLLM alone needs for those tokens, without environments, Ray or the agent loop;
-4. raw training: one FSDP2 train step (world size 1, both cores) on that batch, with the
-   job's micro-batches, loss and optimizer.
+1. forge_ray, ``mode: sync``, then ``mode: async``, ``--steps`` RL steps each, writing every
+   trajectory it trains on (``run.dump_rollouts``);
+2. raw generation: for each of those steps, exactly its sampled tokens generated again by a
+   bare vLLM ``AsyncLLM`` with the job's engine settings, turn by turn (every turn-k request of
+   the step at once, each with its turn's prompt and exactly its length: ``min_tokens =
+   max_tokens``, no stop): what vLLM alone needs for those tokens, without environments, Ray,
+   the agent loop or the waits between turns;
+3. raw training: for each step, one FSDP2 train step (world size 1, both cores) on exactly that
+   step's batch, with the job's advantages, micro-batches, loss and optimizer.
 
-Parts 3 and 4 are repeated ``--rounds`` times (fresh batches, after one uncounted warm-up
-round; all generation first, then training with the engine shut down) and their medians taken. Prints
-each figure and ``sync_over_parts`` = sync step / (generate + train) and ``async_over_parts``
-= async step / max(generate, train); writes them to ``--out`` (bench/results/step_cost.json).
+The first two steps of each run are left out (warm-up). Prints, over the remaining steps,
+forge_ray's step time, the raw parts, ``sync_over_parts`` = sync step / (generate + train) and
+``async_over_parts`` = async step / max(generate, train) (sums over the steps), and writes them
+with the step anatomy of both runs to ``--out`` (bench/results/step_cost.json).
 """
 from __future__ import annotations
 
@@ -35,11 +34,13 @@ from typing import Any
 from modes import parser, write
 
 WORK = ["learner.drop_zero_variance=false", "run.wandb_mode=disabled", "run.sample_every=0"]
+ANATOMY = ("anatomy/step_s", "time/wait_rollout", "time/train", "time/export", "time/sync", "anatomy/engine_generating_frac",
+           "anatomy/episode_wall_s", "anatomy/episode_engine_s", "anatomy/episode_env_s", "anatomy/episode_other_s", "pad_frac")
 
 
 def forge_step_seconds(model: str, job_path: str, mode: str, steps: int, sets: list[str], name: str = "") -> dict[str, Any]:
-    """Run the job in ``mode`` from ``model``; the median step figures after the first two steps,
-    throughput, start-up and the RL phase's peak PSS."""
+    """Run the job in ``mode`` from ``model``; per-step figures after the first two steps (their
+    medians), throughput, start-up and the RL phase's peak PSS."""
     from forge_ray.config import load_job
     from forge_ray.pipeline import run_job
 
@@ -48,12 +49,11 @@ def forge_step_seconds(model: str, job_path: str, mode: str, steps: int, sets: l
     summary = run_job(job)
     rows = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     rl = [r for r in rows if r["stage"] == "rl"][2:]
-    keys = ("anatomy/step_s", "time/wait_rollout", "time/train", "time/export", "time/sync", "anatomy/engine_generating_frac",
-            "anatomy/episode_wall_s", "anatomy/episode_engine_s", "anatomy/episode_env_s", "anatomy/episode_other_s")
-    out = {k: statistics.median(r.get(k, 0.0) for r in rl) for k in keys}
+    out: dict[str, Any] = {k: statistics.median(r.get(k, 0.0) for r in rl) for k in ANATOMY}
     out.update(trajectories_per_s=summary["trajectories_per_s"], run_dir=summary["run_dir"],
                start_to_first_step_s=_first_step(rows), rl_pss_gb=summary["peak_pss_gb"].get("rl"),
-               rl_pss_by_process_gb=summary.get("rl_pss_by_process_gb"))
+               rl_pss_by_process_gb=summary.get("rl_pss_by_process_gb"),
+               steps={r["step"]: r["anatomy/step_s"] - r.get("time/dump", 0.0) for r in rl})  # the dump is the bench's, not the step's
     return out
 
 
@@ -64,13 +64,12 @@ def _first_step(rows: list[dict]) -> float | None:
     return first["time"] if first else None
 
 
-async def play_batch(job: Any, worker: Any, tasks: list, round_: int) -> list:
-    """One step's episodes (``batch_prompts`` x ``group_size``) with the job's agent loop."""
-    from forge_ray.rl_actors import episode_spec
+def load_batches(run_dir: str, steps: list[int]) -> dict[int, list]:
+    """The trajectories each of ``steps`` trained on (``rollouts/step_NNNNNN.jsonl``)."""
+    from forge_ray.types import Trajectory
 
-    spec, g = episode_spec(job), job.rollout.group_size
-    played = await asyncio.gather(*(worker._episode(t, spec, f"r{round_}-{t.id}", i) for t in tasks for i in range(g)))
-    return [traj for traj, _ in played]
+    root = Path(run_dir) / "rollouts"
+    return {s: [Trajectory.from_json(json.loads(x)) for x in (root / f"step_{s:06d}.jsonl").read_text().splitlines()] for s in steps}
 
 
 async def raw_generate(llm: Any, trajs: list) -> float:
@@ -78,9 +77,11 @@ async def raw_generate(llm: Any, trajs: list) -> float:
     turn depth by turn depth (a turn's prompt is everything before it)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import RequestOutputKind
 
     async def one(prompt: list[int], n: int, rid: str) -> None:
-        params = SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=1.0, logprobs=0, detokenize=False)
+        params = SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=1.0, logprobs=0, detokenize=False,
+                                output_kind=RequestOutputKind.FINAL_ONLY)  # as the rollout engine asks
         async for _ in llm.generate(TokensPrompt(prompt_token_ids=prompt), params, request_id=rid):
             pass
 
@@ -110,75 +111,72 @@ def raw_train(job: Any, trainer: Any, trajs: list) -> float:
     advs = [a for _, a, _ in plan.items]
     t0 = time.perf_counter()
     chunks = _chunks(batch, advs, None, job.learner.micro_batch, job.learner.micro_tokens)
-    sums: dict[str, float] = {}
-    trainer._accumulate(chunks, len(chunks), float(sum(n for _, _, n in plan.items)), sums)
+    trainer._accumulate(chunks, len(chunks), float(sum(n for _, _, n in plan.items)), {})
     trainer._optimizer_step()
     return time.perf_counter() - t0
 
 
-async def raw_parts(model: str, job_path: str, rounds: int, sets: list[str]) -> dict[str, Any]:
-    """Median seconds of raw generation and raw training of one step's batch."""
+async def raw_parts(model: str, job_path: str, batches: list[list], sets: list[str]) -> tuple[list[float], list[float]]:
+    """Seconds of raw generation and raw training of each batch (after one uncounted warm-up
+    of each on the first batch; all generation first, then training with the engine shut down)."""
     import socket
 
     import torch
 
     from forge_ray.config import load_job
-    from forge_ray.driver import env_factory
     from forge_ray.learner.worker import FSDPWorker
-    from forge_ray.rl_actors import engine_kwargs, episode_spec
-    from forge_ray.rollout.group import RolloutWorker
+    from forge_ray.rl_actors import engine_kwargs
+    from forge_ray.rollout.engine import VLLMEngine
 
     job = load_job(job_path, [f"model.path={model}", "sft.enabled=false", *WORK, *sets])
-    worker = RolloutWorker(model, engine_kwargs(job, "cpu"), env_factory(job), episode_spec(job))
-    await worker.start()
-    from envs import make_tasks
-
-    source = make_tasks(job.env.name, **job.env.kwargs)
-    n = job.rollout.batch_prompts
-    tasks = source.tasks("train", (rounds + 1) * n, job.env.seed + 7)
-    batches, gen = [], []
-    for k in range(rounds + 1):  # round 0 warms the engine up and is not counted
-        batches.append(await play_batch(job, worker, tasks[k * n : (k + 1) * n], k))
-        gen.append(await raw_generate(worker.engine.llm, batches[-1]))
-    worker.shutdown()  # the trainer runs alone
+    engine = VLLMEngine(model, **engine_kwargs(job, "cpu"))
+    await engine.start()
+    gen = [await raw_generate(engine.llm, trajs) for trajs in [batches[0], *batches]][1:]
+    engine.shutdown()
     trainer = FSDPWorker(0, 1, job.learner, model, job.model.dtype, "cpu", temperature=job.rollout.temperature)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     trainer.setup("127.0.0.1", port)
     torch.set_num_threads(2)  # a single-process trainer uses the machine's cores
-    train = [raw_train(job, trainer, trajs) for trajs in batches]  # round 0 allocates the optimizer state
-    tokens = [sum(t.num_sampled for t in trajs) for trajs in batches]
-    for k in range(rounds + 1):
-        logging.info("raw round %d: %d sampled tokens, generate %.2f s, train %.2f s", k, tokens[k], gen[k], train[k])
-    return {"generate_s": statistics.median(gen[1:]), "train_s": statistics.median(train[1:]),
-            "sampled_tokens": statistics.median(tokens[1:]), "generate_rounds": gen, "train_rounds": train}
+    train = [raw_train(job, trainer, trajs) for trajs in [batches[0], *batches]][1:]  # the warm-up allocates AdamW's state
+    return gen, train
 
 
 def main() -> None:
     p = parser(__doc__, "step_cost.json")
-    p.add_argument("--rounds", type=int, default=3)
     p.set_defaults(steps=12)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    forge = {mode: forge_step_seconds(args.model, args.job, mode, args.steps, args.set) for mode in ("sync", "async")}
+    sets = [*args.set, "run.dump_rollouts=true"]
+    forge = {mode: forge_step_seconds(args.model, args.job, mode, args.steps, sets) for mode in ("sync", "async")}
     import ray
 
     ray.shutdown()  # the raw parts run alone
-    raw = asyncio.run(raw_parts(args.model, args.job, args.rounds, args.set))
+    steps = {mode: sorted(forge[mode]["steps"]) for mode in forge}
+    batches = {mode: load_batches(forge[mode]["run_dir"], steps[mode]) for mode in forge}
+    flat = [batches[m][s] for m in forge for s in steps[m]]
+    gen, train = asyncio.run(raw_parts(args.model, args.job, flat, args.set))
+    parts: dict[str, list] = {}
+    for m in forge:
+        n = len(steps[m])
+        parts[m], gen, train = list(zip(gen[:n], train[:n])), gen[n:], train[n:]
+    forge_sum = {m: sum(forge[m]["steps"].values()) for m in forge}
     result = {
-        "sync_step_s": forge["sync"]["anatomy/step_s"], "async_step_s": forge["async"]["anatomy/step_s"],
-        "raw_generate_s": raw["generate_s"], "raw_train_s": raw["train_s"],
-        "sync_over_parts": forge["sync"]["anatomy/step_s"] / (raw["generate_s"] + raw["train_s"]),
-        "async_over_parts": forge["async"]["anatomy/step_s"] / max(raw["generate_s"], raw["train_s"]),
+        "sync_step_s": forge_sum["sync"] / len(parts["sync"]), "async_step_s": forge_sum["async"] / len(parts["async"]),
+        "raw_generate_s": statistics.mean(g for m in parts for g, _ in parts[m]),
+        "raw_train_s": statistics.mean(t for m in parts for _, t in parts[m]),
+        "sync_over_parts": forge_sum["sync"] / sum(g + t for g, t in parts["sync"]),
+        "async_over_parts": forge_sum["async"] / sum(max(g, t) for g, t in parts["async"]),
     }
     print(f"\n{'':28}{'seconds':>10}")
     for k, v in result.items():
         print(f"{k:28}{v:>10.3f}")
-    for mode in ("sync", "async"):
+    for mode in forge:
         print(f"\n{mode}: " + "  ".join(f"{k}={v:.3f}" for k, v in forge[mode].items() if isinstance(v, float)))
-    write(args.out, {"model": args.model, "steps": args.steps, "rounds": args.rounds, "sets": args.set, **result,
-                     "forge": forge, "raw": raw})
+        print(f"{mode} raw (generate, train) per step: " + " ".join(f"({g:.2f}, {t:.2f})" for g, t in parts[mode]))
+    write(args.out, {"model": args.model, "steps": args.steps, "sets": args.set, **result, "forge": forge,
+                     "raw": {m: [{"step": s, "generate_s": g, "train_s": t} for s, (g, t) in zip(steps[m], parts[m])] for m in parts}})
 
 
 if __name__ == "__main__":

@@ -150,6 +150,7 @@ class RunConfig:
     checkpoint_every: int = 0  # RL steps between checkpoints (learner, data cursor, buffer); 0 = none
     keep_checkpoints: int = 2  # newest RL checkpoints kept in <run>/checkpoints/
     sample_every: int = 10  # log a table of sample trajectories every N RL steps (0 = never)
+    dump_rollouts: bool = False  # write every trajectory the learner took to rollouts/step_NNNNNN.jsonl (offline analysis, bench/step_cost.py)
 
 
 # The working dir upload is capped at 100 MB: keep environments, run outputs and weights out.

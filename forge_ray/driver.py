@@ -164,6 +164,9 @@ async def _step(job: JobConfig, run: Run, step: int, state: DriverState, actors:
     telemetry.record_step(row, feeder.pop_token_rate(), (await actors.buffer.stats.remote())["ready"], len(taken.groups))
     if job.run.sample_every and step % job.run.sample_every == 0:
         run.log_samples(step, _samples(taken.groups))
+    if job.run.dump_rollouts:
+        with run.timer("dump"):  # counted in the next step's row
+            run.dump_rollouts(step, _samples(taken.groups, k=len(taken.groups), every=True))
     return row
 
 
@@ -190,14 +193,15 @@ async def _checkpoint(job: JobConfig, run: Run, state: DriverState, actors: Acto
         await checkpoint.save(run.dir, state.step, snapshot, actors.learner, actors.buffer, job.run.keep_checkpoints)
 
 
-def _samples(groups: list, k: int = 4) -> list[Any]:
-    """The first trajectory of up to ``k`` groups, fetched from the object store (for logging;
-    none when their payload is gone, see ``TrajectoriesLost``)."""
+def _samples(groups: list, k: int = 4, every: bool = False) -> list[Any]:
+    """The first trajectory (``every``: all of them) of up to ``k`` groups, fetched from the
+    object store (for logging; none when their payload is gone, see ``TrajectoriesLost``)."""
     import ray
     from ray.exceptions import ObjectLostError
 
+    refs = [r for g in groups[:k] for r in (g.refs if every else g.refs[:1])]
     try:
-        return ray.get([g.refs[0] for g in groups[:k]]) if groups else []
+        return ray.get(refs) if refs else []
     except ObjectLostError:
         return []
 

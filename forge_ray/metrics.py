@@ -170,6 +170,13 @@ class Run:
             table = wandb.Table(columns=columns, data=[[json.dumps(r[c]) if isinstance(r[c], (dict, list)) else r[c] for c in columns] for r in rows])
             self._wandb.log({"rl/samples": table, "rl/step": step})
 
+    def dump_rollouts(self, step: int, trajectories: list[Any]) -> None:
+        """``step``'s trajectories, whole (``Trajectory.to_json``), to ``rollouts/step_NNNNNN.jsonl``."""
+        path = self.dir / "rollouts" / f"step_{step:06d}.jsonl"
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "w") as f:
+            f.writelines(json.dumps(t.to_json()) + "\n" for t in trajectories)
+
     def read_metrics(self, stage: str) -> list[dict]:
         path = self.dir / "metrics.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

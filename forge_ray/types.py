@@ -116,6 +116,18 @@ class Trajectory:
     def num_sampled(self) -> int:
         return sum(self.loss_mask)
 
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (``run.dump_rollouts``); ``from_json`` reads it back."""
+        import dataclasses
+
+        return {**dataclasses.asdict(self), "status": self.status.value}
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> "Trajectory":
+        reward = row.get("reward")
+        return cls(**{**row, "status": Status(row["status"]), "turns": [Turn(**t) for t in row["turns"]],
+                      "reward": RewardBreakdown(**reward) if reward else None})
+
 
 @dataclass(frozen=True)
 class EpisodeTime:

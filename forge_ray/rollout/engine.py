@@ -30,8 +30,10 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.5,
         device: str = "cpu",
         seed: int = 0,
+        idle_spin_s: float = 0.02,
     ):
         self.model_path = model_path
+        self.idle_spin_s = idle_spin_s if device == "cpu" else None  # quiet_when_idle: CPU only (GPU keeps vLLM's spin)
         self.version = 0
         self._ids = itertools.count()
         self._kwargs = dict(dtype=dtype, max_model_len=max_model_len, seed=seed)
@@ -55,6 +57,8 @@ class VLLMEngine:
         weight_sync.register()
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         os.environ["FORGE_RAY_ENGINE"] = "1"  # the engine's processes die with this one (die_with_parent)  # for fingerprint()'s RPC
+        if self.idle_spin_s is not None:
+            os.environ["FORGE_RAY_ENGINE_IDLE_SPIN_S"] = str(self.idle_spin_s)
         args = AsyncEngineArgs(
             model=self.model_path,
             skip_tokenizer_init=True,  # token-in/token-out: the agent loop owns the tokenizer
@@ -82,6 +86,7 @@ class VLLMEngine:
         selection); 0, the default, asks vLLM for the sampled token's logprob only."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(
             max_tokens=max_tokens,
@@ -91,6 +96,7 @@ class VLLMEngine:
             stop_token_ids=stop_token_ids,
             detokenize=False,
             seed=seed,
+            output_kind=RequestOutputKind.FINAL_ONLY,  # one output per request, not one per token
         )
         final = None
         async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id=f"r{next(self._ids)}"):
@@ -209,9 +215,40 @@ class VLLMEngine:
             self.llm = None
 
 
+def engine_process_setup() -> None:
+    """vLLM general-plugin hook, run in every process vLLM starts (the engine core and its
+    workers); it acts only in those of a forge_ray engine (``FORGE_RAY_ENGINE``)."""
+    die_with_parent()
+    quiet_when_idle()
+
+
+def quiet_when_idle() -> None:
+    """Cap how long vLLM's shared-memory readers busy-wait after their last message
+    (``FORGE_RAY_ENGINE_IDLE_SPIN_S``, set by a CPU engine). vLLM's worker spins on its input
+    queue for 1 s after each read; on a small CPU box that second, after every generation
+    phase, is taken from the learner ranks sharing the cores. During generation messages come
+    every few milliseconds, so the worker keeps spinning between steps as before."""
+    limit = os.environ.get("FORGE_RAY_ENGINE_IDLE_SPIN_S")
+    if os.environ.get("FORGE_RAY_ENGINE") != "1" or not limit:
+        return
+    try:
+        from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
+    except ImportError:  # another vLLM: nothing to cap
+        return
+    if getattr(SpinCondition, "forge_spin_cap", None) is not None:
+        return
+    cap, original = float(limit), SpinCondition.wait
+
+    def wait(self: Any, timeout_ms: int | None = None) -> None:
+        if self.is_reader and self.busy_loop_s > cap:
+            self.busy_loop_s = cap
+        return original(self, timeout_ms)
+
+    SpinCondition.wait, SpinCondition.forge_spin_cap = wait, cap
+
+
 def die_with_parent() -> None:
-    """vLLM general-plugin hook, run in every process vLLM starts for a forge_ray engine (the
-    engine core and its workers): have the kernel SIGKILL this process when its parent dies.
+    """Have the kernel SIGKILL this engine process when its parent dies.
     A Ray actor killed with SIGKILL gets no chance to stop its engine; without this the engine
     processes would outlive it, holding their memory, until the node is rebooted."""
     import multiprocessing

@@ -69,3 +69,17 @@ def test_timeline_writes_spans_and_engine_lanes_and_plots(tmp_path):
     out = plot_timeline(tmp_path / "timeline.jsonl", tmp_path / "timeline.png")
     assert out is not None and out.stat().st_size > 0
     assert plot_timeline(tmp_path / "missing.jsonl", tmp_path / "x.png") is None
+
+
+def test_trajectories_dump_to_json_and_back(tmp_path):
+    """``run.dump_rollouts`` writes whole trajectories that read back equal (bench/step_cost.py
+    replays them)."""
+    from forge_ray.types import RewardBreakdown, Trajectory, Turn
+
+    traj = Trajectory("t1", "g1", 3, 2, [1, 2, 3, 4], [0.0, 0.0, -0.5, -0.25], [0, 0, 1, 1], [Turn(2, 4, 7, "stop")],
+                      Status.TRUNCATED, [{"role": "user", "content": "hi"}], RewardBreakdown(0.5, {"correct": 1.0}, [1.0], None),
+                      env_seconds=0.1, gen_seconds=0.2, wall_seconds=0.4)
+    row = json.loads(json.dumps(traj.to_json()))
+    assert Trajectory.from_json(row) == traj
+    bare = Trajectory("t2", "g2", 0, 1, [5], [0.0], [0], [], Status.OK, [])
+    assert Trajectory.from_json(json.loads(json.dumps(bare.to_json()))) == bare
