@@ -28,8 +28,9 @@ class PeakRSS:
     every process) and proportional (PSS, shared pages split among their users: what the job
     really costs), the latter per phase of the job (``phase``)."""
 
-    def __init__(self, every_s: float = 1.0):
+    def __init__(self, every_s: float = 1.0, pss_every: int = 5):
         self.peak_bytes = 0
+        self.pss_every, self.samples = pss_every, 0  # PSS reads smaps_rollup (ms per process): every pss_every-th sample
         self.peak_pss: dict[str, int] = {}
         self.by_process: dict[str, dict[str, int]] = {}  # per phase: PSS per kind of process at the phase's peak
         self.current = "job"
@@ -45,17 +46,19 @@ class PeakRSS:
         import psutil
 
         me = psutil.Process()
+        full = self.samples % self.pss_every == 0
+        self.samples += 1
         total = pss = 0
         kinds: dict[str, int] = {}
         for p in [me, *me.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                info = p.memory_full_info()  # Linux: also pss (from smaps_rollup)
+                info = p.memory_full_info() if full else p.memory_info()  # full: Linux's pss too
                 total += info.rss
                 pss += getattr(info, "pss", info.rss)
                 kind = process_kind(p) if p is not me else "driver"
                 kinds[kind] = kinds.get(kind, 0) + getattr(info, "pss", info.rss)
         self.peak_bytes = max(self.peak_bytes, total)
-        if pss > self.peak_pss.get(self.current, 0):
+        if full and pss > self.peak_pss.get(self.current, 0):
             self.peak_pss[self.current] = pss
             self.by_process[self.current] = kinds
         return total
