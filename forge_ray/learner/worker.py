@@ -189,7 +189,7 @@ class FSDPWorker:
                        ppo_steps=float(len(norms)), fetch_seconds=fetched, pad_frac=pad_frac)
         return metrics
 
-    def _ppo_steps(self, trajs: list[Any], advs: list[Any], chunks: list[tuple], n: int, sums: dict[str, float]) -> list[float]:
+    def _ppo_steps(self, trajs: list[Any], advs: list[Any], chunks: list[Micro], n: int, sums: dict[str, float]) -> list[float]:
         """PPO updates: ``old_logp`` of every trajectory under the policy before any step, then
         ``epochs`` passes over the batch in mini-batches of whole groups, one optimizer step
         each, normalised by the mini-batch's own loss tokens over all ranks. Returns grad norms."""
