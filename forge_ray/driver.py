@@ -43,6 +43,13 @@ def env_factory(job: JobConfig) -> Any:
     return envs.factory(env.name, {**({"max_tool_turns": env.max_turns} if env.name == "calculator" else {}), **env.env_kwargs})
 
 
+def task_source(job: JobConfig) -> Any:
+    """The job's task source (``env.name`` with ``env.kwargs``), from ``envs/``."""
+    from envs import make_tasks
+
+    return make_tasks(job.env.name, **job.env.kwargs)
+
+
 def staleness(job: JobConfig) -> int:
     return 0 if job.run.mode == "sync" else job.run.max_staleness
 
@@ -58,7 +65,6 @@ async def run_rl(job: JobConfig, run: Run, model_path: str, device: str) -> dict
 
 
 async def _train(job: JobConfig, run: Run, actors: Actors) -> dict[str, Any]:
-    from envs import make_tasks
     from forge_ray.feeder import Feeder, PromptPool
     from forge_ray.guard import CollapseGuard
 
@@ -66,7 +72,7 @@ async def _train(job: JobConfig, run: Run, actors: Actors) -> dict[str, Any]:
     with run.timer("startup"):
         engine_seconds, _ = await asyncio.gather(rollout.start(), learner.setup())
     log.info("engines up in %s s; learner ranks ready", [round(s, 1) for s in engine_seconds])
-    source = make_tasks(job.env.name, **job.env.kwargs)
+    source = task_source(job)
     heldout = source.tasks("heldout", job.env.eval_tasks, job.env.seed)
     pool = PromptPool(source.tasks("train", job.env.train_tasks, job.env.seed))
     feeder = Feeder(pool, rollout, actors.buffer, group_size=job.rollout.group_size, batch_prompts=job.rollout.batch_prompts,

@@ -55,6 +55,14 @@ def init_ray(job: JobConfig) -> None:
         ray.init(address="local", num_cpus=job.cluster.num_cpus or None, include_dashboard=False, **kwargs)
 
 
+def environment(name: str, env_kwargs: dict, task_kwargs: dict) -> tuple[Any, Any]:
+    """(task source, env factory) of the environment registered as ``name``: for the commands
+    that play a named environment outside a job (``forge-ray tts``)."""
+    import envs
+
+    return envs.make_tasks(name, **task_kwargs), envs.factory(name, env_kwargs)
+
+
 def demo_source(job: JobConfig) -> Any:
     """The task source of the demonstrations: ``env.kwargs`` updated by ``sft.env_kwargs``."""
     from envs import make_tasks
@@ -168,7 +176,7 @@ def heldout_pr_loss(job: JobConfig, run: Run, model_path: str, label: str, summa
     log.info("held-out PR loss (%s): %.4f over %d tokens", label, result["loss"], result["tokens"])
 
 
-def _done(run: Run, stage: str) -> str | None:
+def finished_stage(run: Run, stage: str) -> str | None:
     """A stage's model folder when a resumed run already finished it, else None."""
     path = run.dir / "checkpoints" / stage
     if run.resumed and (path / "config.json").exists() and (path / "tokenizer_config.json").exists():
@@ -213,15 +221,15 @@ def _stages(job: JobConfig, run: Run) -> dict[str, Any]:
         summary.update(run_recipe(job, run, device))
         summary["peak_rss_gb"] = round(rss.stop(), 3)
         return summary
-    model = _done(run, "base") or base_model(job, run)
+    model = finished_stage(run, "base") or base_model(job, run)
     heldout_pr_loss(job, run, model, "base", summary)
     if job.mid_train.enabled:
-        model = _done(run, "mid_train") or midtrain_stage(job, run, model, device)
+        model = finished_stage(run, "mid_train") or midtrain_stage(job, run, model, device)
         summary["mid_train_checkpoint"] = model
         heldout_pr_loss(job, run, model, "mid_train", summary)
     if job.sft.enabled:
         rss.phase("sft")
-        model = _done(run, "sft") or sft_stage(job, run, model, device)
+        model = finished_stage(run, "sft") or sft_stage(job, run, model, device)
         summary["sft_checkpoint"] = model
         heldout_pr_loss(job, run, model, "sft", summary)
     if job.run.steps > 0:

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 from forge_ray.config import DomainConfig, JobConfig, domain_job
 from forge_ray.metrics import Run
+from forge_ray.pipeline import finished_stage
 
 log = logging.getLogger("forge_ray.recipe")
 
@@ -38,14 +39,14 @@ def run_recipe(job: JobConfig, run: Run, device: str) -> dict[str, Any]:
 
     seconds: dict[str, float] = {}
     with _stage(seconds, "base"):
-        model = _finished(run, "base") or pipeline.base_model(job, run, corpus=_corpus(job) if not job.model.path else None)
+        model = finished_stage(run, "base") or pipeline.base_model(job, run, corpus=_corpus(job) if not job.model.path else None)
     if job.mid_train.enabled:
         with _stage(seconds, "mid_train"):
-            model = _finished(run, "mid_train") or pipeline.midtrain_stage(job, run, model, device)
+            model = finished_stage(run, "mid_train") or pipeline.midtrain_stage(job, run, model, device)
     start_name = "sft" if job.sft.enabled else "base"
     if job.sft.enabled:
         with _stage(seconds, "sft"):
-            model = _finished(run, "sft") or mixed_sft(job, run, model, device)
+            model = finished_stage(run, "sft") or mixed_sft(job, run, model, device)
     policies, domains = {}, {}
     for domain in job.domains:
         with _stage(seconds, f"rl_{domain.name}"):
@@ -72,15 +73,6 @@ def _stage(seconds: dict[str, float], name: str) -> Iterator[None]:
     t0 = time.perf_counter()
     yield
     seconds[name] = round(time.perf_counter() - t0, 1)
-
-
-def _finished(run: Run, stage: str) -> str | None:
-    """``checkpoints/<stage>`` when a resumed run already finished it (a complete HF folder)."""
-    path = run.dir / "checkpoints" / stage
-    if run.resumed and (path / "config.json").exists() and (path / "tokenizer_config.json").exists():
-        log.info("resume: %s already done -> %s", stage, path)
-        return str(path)
-    return None
 
 
 def _corpus(job: JobConfig) -> list[str]:
@@ -171,7 +163,7 @@ def rl_domain(job: JobConfig, run: Run, domain: DomainConfig, model_path: str, d
     from forge_ray.metrics import plot_curves
 
     record = run.dir / "domains" / f"{domain.name}.json"
-    done = _finished(run, f"rl_{domain.name}")
+    done = finished_stage(run, f"rl_{domain.name}")
     if done and record.exists():
         return done, json.loads(record.read_text())
     djob = domain_job(job, domain)
@@ -267,16 +259,14 @@ class _OnDomain:
 
 def _domain_setups(job: JobConfig) -> dict[str, tuple[Any, Any, list]]:
     """Per domain: its environment factory, episode limits and held-out tasks (the driver's)."""
-    from envs import make_tasks
-    from forge_ray.driver import env_factory
-    from forge_ray.rollout.agent_loop import EpisodeSpec
+    from forge_ray.driver import env_factory, task_source
+    from forge_ray.rl_actors import episode_spec
 
     out = {}
     for domain in job.domains:
         djob = domain_job(job, domain)
-        r, e = djob.rollout, djob.env
-        spec = EpisodeSpec(r.max_new_tokens, r.max_context, r.temperature, r.top_p, r.episode_timeout_s)
-        out[domain.name] = (env_factory(djob), spec, make_tasks(e.name, **e.kwargs).tasks("heldout", e.eval_tasks, e.seed))
+        e = djob.env
+        out[domain.name] = (env_factory(djob), episode_spec(djob), task_source(djob).tasks("heldout", e.eval_tasks, e.seed))
     return out
 
 

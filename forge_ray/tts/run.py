@@ -344,12 +344,9 @@ class Judge:
 
 # ---------------------------------------------------------------- the run
 
-def load_tasks(cfg: TtsConfig) -> tuple[list[Task], Callable[[], Any]]:
-    """The held-out tasks and the environment factory (``envs`` at the edge, as ``forge-ray eval``)."""
-    from envs import factory, make_tasks
-
-    tasks = make_tasks(cfg.env, **cfg.task_kwargs).tasks(cfg.split, cfg.tasks, cfg.task_seed)
-    return list(tasks), factory(cfg.env, cfg.env_kwargs)
+def load_tasks(cfg: TtsConfig, source: Any) -> list[Task]:
+    """``cfg.tasks`` tasks of ``cfg.split`` from the environment's task source."""
+    return list(source.tasks(cfg.split, cfg.tasks, cfg.task_seed))
 
 
 def _engine_kwargs(cfg: TtsConfig, model: str, device: str) -> dict[str, Any]:
@@ -473,8 +470,9 @@ def summarize(cfg: TtsConfig, tasks: list[Task], run: dict[str, Any]) -> dict[st
     return out
 
 
-def run_tts(cfg: TtsConfig) -> dict[str, Any]:
-    """Sample, select, write ``tts.json`` and ``tts.png`` under ``cfg.out``; returns the summary."""
+def run_tts(cfg: TtsConfig, source: Any, factory: Callable[[], Any]) -> dict[str, Any]:
+    """Sample ``cfg.env``'s tasks (from ``source``, played in ``factory``'s environments), select,
+    write ``tts.json`` and ``tts.png`` under ``cfg.out``; returns the summary."""
     import os
 
     cfg.check()
@@ -482,7 +480,7 @@ def run_tts(cfg: TtsConfig) -> dict[str, Any]:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if "tournament" in cfg.selectors and not cfg.judge:
         log.warning("tts: the tournament needs --judge MODEL_DIR; leaving it out")
-    tasks, factory = load_tasks(cfg)
+    tasks = load_tasks(cfg, source)
     log.info("tts: %d %s tasks of %s, %d samples each", len(tasks), cfg.split, cfg.env, max(cfg.ns))
     summary = summarize(cfg, tasks, asyncio.run(_run_async(cfg, tasks, factory)))
     out = Path(cfg.out)
@@ -517,7 +515,9 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"forge-ray tts: {e}", file=sys.stderr)
         return 2
-    run_tts(cfg)
+    from forge_ray.pipeline import environment  # envs/ at the edge
+
+    run_tts(cfg, *environment(cfg.env, cfg.env_kwargs, cfg.task_kwargs))
     return 0
 
 
