@@ -12,6 +12,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from forge_ray.mix import domain_of
 from forge_ray.types import TrajectoryMeta
 
 
@@ -82,8 +83,9 @@ class TrajectoryBuffer:
                 self.counters["groups_ready"] += 1
                 self._cond.notify_all()
 
-    async def take(self, n: int, version: int, timeout_s: float | None = None) -> Taken:
+    async def take(self, n: int, version: int, timeout_s: float | None = None, domain: str | None = None) -> Taken:
         """Wait for ``n`` complete groups that are fresh enough for a learner at ``version``
+        (and of ``domain``, in a mix: ``forge_ray.mix.domain_of`` of their prompt)
         and take the ``n`` whose prompts were issued first. A group that took long is thus
         taken as soon as it completes, ahead of younger ones: slow episodes are late, never
         passed over. Stale groups met on the way are removed and returned separately, at once
@@ -92,12 +94,15 @@ class TrajectoryBuffer:
         stale: list[Group] = []
         taken: list[Group] = []
 
+        def wanted(g: Group) -> bool:
+            return domain is None or domain_of(g.task_id) == domain
+
         def fresh_ready() -> bool:
             keep = []
             for g in self._ready:
                 (stale if g.lag(version) > self.max_staleness else keep).append(g)
             self._ready[:] = keep
-            return len(self._ready) >= n or bool(stale)
+            return sum(map(wanted, self._ready)) >= n or bool(stale)
 
         async with self._cond:
             try:
@@ -105,7 +110,9 @@ class TrajectoryBuffer:
             except asyncio.TimeoutError:
                 pass  # hand over what is there; the caller decides
             self._ready.sort(key=lambda g: g.issue)  # the earliest issued first, however long they took
-            taken, self._ready[:] = self._ready[:n], self._ready[n:]
+            taken = [g for g in self._ready if wanted(g)][:n]
+            gone = {id(g) for g in taken}
+            self._ready[:] = [g for g in self._ready if id(g) not in gone]
             self.counters["groups_taken"] += len(taken)
             self.counters["groups_stale"] += len(stale)
             self._cond.notify_all()

@@ -56,6 +56,7 @@ class EnvConfig:
     pool_size: int = 0  # env actors; 0 = environments run inside the rollout actors
     pool_slots: int = 16  # concurrent episodes per env actor (pool_size > 0)
     step_timeout_s: float = 30.0  # limit of one env-pool call (reset/step/score) and of one reward-actor score
+    mix: list = field(default_factory=list)  # joint multi-task RL over the job's domains: step k trains on mix[(k-1) % len] (forge_ray/mix.py)
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,7 @@ class DomainConfig:
     rollout: dict = field(default_factory=dict)  # rollout fields over the job's rollout (e.g. max_new_tokens, max_context)
     learner: dict = field(default_factory=dict)  # learner fields over the job's learner (e.g. lr)
     steps: int = 0  # RL steps of this domain; 0 = run.steps
+    rl: bool = True  # train this domain's own RL policy (false: the domain is only in the shared SFT and in env.mix)
 
 
 @dataclass(frozen=True)
@@ -322,18 +324,35 @@ def domain_job(job: JobConfig, domain: DomainConfig) -> JobConfig:
     """The job as ``domain``'s SFT data and RL see it: the domain's env, sft, rollout and learner
     fields over the job's, its RL steps, and no domains of its own."""
     r = dataclasses.replace
-    return r(job, env=r(job.env, **domain.env), sft=r(job.sft, **domain.sft), rollout=r(job.rollout, **domain.rollout),
+    return r(job, env=r(job.env, mix=[], **domain.env), sft=r(job.sft, **domain.sft), rollout=r(job.rollout, **domain.rollout),
              learner=r(job.learner, **domain.learner), run=r(job.run, steps=domain.steps or job.run.steps), domains=[])
 
 
 def _check_domains(job: JobConfig, source: str) -> None:
     """Per-domain checks the job-level ones would miss, and merge weights one per domain."""
-    if job.domains and job.merge.weights and len(job.merge.weights) != len(job.domains):
-        raise ConfigError(f"{source}: merge.weights has {len(job.merge.weights)} weights for {len(job.domains)} domains")
+    own = [d for d in job.domains if d.rl]
+    if job.domains and job.merge.enabled and not own:
+        raise ConfigError(f"{source}: merge.enabled, but no domain trains its own RL policy (domains[].rl): set merge.enabled: false")
+    if job.domains and job.merge.weights and len(job.merge.weights) != len(own):
+        raise ConfigError(f"{source}: merge.weights has {len(job.merge.weights)} weights for {len(own)} domains")
+    _check_mix(job, source)
     for i, domain in enumerate(job.domains):
         djob = domain_job(job, domain)
         _check_learner(djob.learner, f"{source}: domains[{i}] ({domain.name})")
         _check_tiny_context(djob, f"{source}: domains[{i}] ({domain.name})")
+
+
+def _check_mix(job: JobConfig, source: str) -> None:
+    """``env.mix`` names domains of the job, each a word; a domain cannot mix on its own."""
+    names = [d.name for d in job.domains]
+    if job.env.mix and not names:
+        raise ConfigError(f"{source}: env.mix names domains, but the job has no domains: section")
+    for i, name in enumerate(job.env.mix):
+        if name not in names:
+            raise ConfigError(f"{source}: env.mix[{i}]: {name!r} is not a domain of the job ({', '.join(names)})")
+    for i, domain in enumerate(job.domains):
+        if "mix" in domain.env:
+            raise ConfigError(f"{source}: domains[{i}] ({domain.name}).env.mix: only the job's env section mixes domains")
 
 
 def _check_learner(learner: LearnerConfig, source: str) -> None:

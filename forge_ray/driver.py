@@ -36,17 +36,26 @@ log = logging.getLogger("forge_ray.rl")
 
 def env_factory(job: JobConfig) -> Any:
     """The job's environment maker (``env.env_kwargs``; for the calculator also ``env.max_turns``):
-    the one place the RL core's environments come from ``envs/``."""
+    the one place the RL core's environments come from ``envs/``. A mix: each domain's, by task."""
     import envs
 
     env = job.env
+    if env.mix:
+        from forge_ray.mix import mix_domains, mixed_factory
+
+        return mixed_factory({name: env_factory(djob) for name, djob in mix_domains(job).items()})
     return envs.factory(env.name, {**({"max_tool_turns": env.max_turns} if env.name == "calculator" else {}), **env.env_kwargs})
 
 
 def task_source(job: JobConfig) -> Any:
-    """The job's task source (``env.name`` with ``env.kwargs``), from ``envs/``."""
+    """The job's task source (``env.name`` with ``env.kwargs``), from ``envs/``. A mix: every
+    mixed domain's tasks, tagged with their domain."""
     from envs import make_tasks
 
+    if job.env.mix:
+        from forge_ray.mix import MixedTasks, episode_limits, mix_domains
+
+        return MixedTasks({name: (task_source(d), d.env, episode_limits(d)) for name, d in mix_domains(job).items()})
     return make_tasks(job.env.name, **job.env.kwargs)
 
 
@@ -67,6 +76,7 @@ async def run_rl(job: JobConfig, run: Run, model_path: str, device: str) -> dict
 async def _train(job: JobConfig, run: Run, actors: Actors) -> dict[str, Any]:
     from forge_ray.feeder import Feeder, PromptPool
     from forge_ray.guard import CollapseGuard
+    from forge_ray.mix import MixedGuard
 
     rollout, learner = actors.rollout, actors.learner
     with run.timer("startup"):
@@ -76,8 +86,8 @@ async def _train(job: JobConfig, run: Run, actors: Actors) -> dict[str, Any]:
     heldout = source.tasks("heldout", job.env.eval_tasks, job.env.seed)
     pool = PromptPool(source.tasks("train", job.env.train_tasks, job.env.seed))
     feeder = Feeder(pool, rollout, actors.buffer, group_size=job.rollout.group_size, batch_prompts=job.rollout.batch_prompts,
-                    batch_groups=job.learner.batch_groups, max_staleness=staleness(job))
-    guard = CollapseGuard(job.guard)
+                    batch_groups=job.learner.batch_groups, max_staleness=staleness(job), schedule=job.env.mix)
+    guard = MixedGuard(job.guard, job.env.mix) if job.env.mix else CollapseGuard(job.guard)
     state = await _resume(job, actors, feeder, guard, run)
     t_start = time.perf_counter() - (state.wall if state else 0.0)
     feeder.start()  # the first groups generate while the starting policy is evaluated
@@ -149,7 +159,9 @@ async def _step(job: JobConfig, run: Run, step: int, state: DriverState, actors:
     from forge_ray.buffer import TrajectoriesLost
     from forge_ray.feeder import why
     from forge_ray.learner.batching import plan_update
+    from forge_ray.mix import step_columns
 
+    domain = feeder.domain()  # env.mix: the domain this step trains on
     while True:
         taken = await collect(job, run, state, actors, feeder)
         plan = plan_update(taken.groups, job.learner.drop_zero_variance, job.reward.turn_weight)
@@ -166,6 +178,8 @@ async def _step(job: JobConfig, run: Run, step: int, state: DriverState, actors:
     feeder.step_done()
     state.step = step
     metrics.update(run.timeline.step(step, await engine_reports(actors.rollout), [m for g in taken.groups for m in g.metas]))
+    if domain:
+        metrics.update(step_columns(domain, taken.groups, feeder.pool.consumed))
     row = _log_step(run, step, state.version, lag, plan, metrics, taken, feeder, t_start)
     telemetry.record_step(row, feeder.pop_token_rate(), (await actors.buffer.stats.remote())["ready"], len(taken.groups))
     if job.run.sample_every and step % job.run.sample_every == 0:

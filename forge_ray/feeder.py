@@ -4,6 +4,8 @@ The feeder keeps the rollout engines busy without running ahead of the learner: 
 be issued only while ``issued < N + (steps + max_staleness) * M + requeued`` (AReaL-style
 admission by version gap; ``steps`` counts learner steps, updates or not). With ``max_staleness = 0`` this is strict alternation
 (generate -> train -> sync); with 1 the next batch generates while the learner trains.
+In a mix (``env.mix``) each domain has its own queue and allowance, counting only its own steps of
+the schedule, and the learner takes each step's groups from that step's domain only.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 from collections import Counter, deque
 from typing import Any
 
+from forge_ray.mix import domain_of, due, step_domain
 from forge_ray.types import Task
 
 log = logging.getLogger(__name__)
@@ -32,19 +35,22 @@ class PromptPool:
 
     def __init__(self, tasks: list[Task]):
         self.tasks = {t.id: t for t in tasks}
-        self._queue = deque(t.id for t in tasks)
+        self._queues: dict[str, deque] = {}  # per domain of a mix (forge_ray/mix.py); one ("") otherwise
+        for t in tasks:
+            self._queues.setdefault(domain_of(t.id), deque()).append(t.id)
         self.issued: Counter = Counter()
         self.outstanding: Counter = Counter()
         self.requeued: Counter = Counter()
         self.consumed: Counter = Counter()
         self.abandoned: Counter = Counter()
 
-    def has_next(self) -> bool:
-        return bool(self._queue)
+    def has_next(self, domain: str = "") -> bool:
+        return bool(self._queues.get(domain))
 
-    def next(self) -> tuple[Task, int]:
-        """The next prompt and its attempt number; it is outstanding until it settles."""
-        task_id = self._queue.popleft()
+    def next(self, domain: str = "") -> tuple[Task, int]:
+        """The next prompt (of ``domain``, in a mix) and its attempt number; it is outstanding
+        until it settles."""
+        task_id = self._queues[domain].popleft()
         self.issued[task_id] += 1
         self.outstanding[task_id] += 1
         return self.tasks[task_id], self.issued[task_id]
@@ -57,7 +63,7 @@ class PromptPool:
     def requeue(self, task_id: str) -> None:
         self._settle(task_id, "re-queued")
         self.requeued[task_id] += 1
-        self._queue.appendleft(task_id)
+        self._queues.setdefault(domain_of(task_id), deque()).appendleft(task_id)
 
     def consume(self, task_id: str) -> None:
         self._settle(task_id, "consumed")
@@ -72,14 +78,16 @@ class PromptPool:
     def state(self) -> dict[str, Any]:
         """The ledger and the cursor, JSON-serialisable (checkpoints)."""
         counters = ("issued", "outstanding", "requeued", "consumed", "abandoned")
-        return {"queue": list(self._queue), **{k: {t: n for t, n in getattr(self, k).items() if n} for k in counters}}
+        return {"queue": [t for q in self._queues.values() for t in q], **{k: {t: n for t, n in getattr(self, k).items() if n} for k in counters}}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from ``state()``; prompts that no longer exist in ``tasks`` are an error."""
         unknown = [t for t in state["queue"] if t not in self.tasks]
         if unknown:
             raise AccountingError(f"checkpoint names {len(unknown)} prompts this job does not have (e.g. {unknown[0]}): was env changed?")
-        self._queue = deque(state["queue"])
+        self._queues = {}
+        for task_id in state["queue"]:
+            self._queues.setdefault(domain_of(task_id), deque()).append(task_id)
         for k in ("issued", "outstanding", "requeued", "consumed", "abandoned"):
             setattr(self, k, Counter(state.get(k, {})))
 
@@ -125,12 +133,13 @@ class FeederGaveUp(RuntimeError):
 
 class Feeder:
     def __init__(self, pool: PromptPool, rollout: Any, buffer: Any, *, group_size: int, batch_prompts: int, batch_groups: int,
-                 max_staleness: int, max_failures: int = 5):
+                 max_staleness: int, max_failures: int = 5, schedule: list[str] | None = None):
         self.pool, self.rollout, self.buffer = pool, rollout, buffer
         self.group_size, self.n, self.m, self.staleness = group_size, batch_prompts, batch_groups, max_staleness
+        self.schedule = list(schedule or [])  # env.mix: the domain of each step, repeating (forge_ray/mix.py)
         self.steps = 0
-        self.extra = 0  # allowance given back for re-queued groups
-        self.issued = 0
+        self.extra_by: Counter = Counter()  # per domain: allowance given back for re-queued groups
+        self.issued_by: Counter = Counter()  # per domain: prompts issued
         self.generating: Counter = Counter()  # prompts whose group is being played now
         self.trajectories = 0
         self.tokens = 0  # sampled tokens of finished trajectories
@@ -158,17 +167,34 @@ class Feeder:
             self.gave_up.result()
         return work.result()
 
-    def allowed(self) -> int:
-        return self.n + (self.steps + self.staleness) * self.m + self.extra
+    @property
+    def issued(self) -> int:
+        return sum(self.issued_by.values())
+
+    @property
+    def extra(self) -> int:
+        return sum(self.extra_by.values())
+
+    def domain(self) -> str:
+        """The domain of the learner's next step ("" without a schedule)."""
+        return step_domain(self.schedule, self.steps + 1)
+
+    def allowed(self, domain: str = "") -> int:
+        """Prompts ``domain`` may have issued: M for each of its steps up to ``max_staleness``
+        steps ahead of the learner's next, plus the oversampling N - M once it has a step there,
+        plus re-queues. Without a schedule: N + (steps + max_staleness) * M + re-queues."""
+        ahead = due(self.schedule, domain, self.steps + self.staleness + 1)
+        return ahead * self.m + (self.n - self.m if ahead else 0) + self.extra_by[domain]
 
     async def _run(self) -> None:
         while True:
-            while self.issued < self.allowed() and self.pool.has_next():
-                task, attempt = self.pool.next()
-                self.issued += 1
-                job = asyncio.create_task(self._play(task, attempt, self.issued))
-                self._tasks.add(job)
-                job.add_done_callback(self._tasks.discard)
+            for domain in dict.fromkeys(self.schedule or [""]):
+                while self.issued_by[domain] < self.allowed(domain) and self.pool.has_next(domain):
+                    task, attempt = self.pool.next(domain)
+                    self.issued_by[domain] += 1
+                    job = asyncio.create_task(self._play(task, attempt, self.issued))
+                    self._tasks.add(job)
+                    job.add_done_callback(self._tasks.discard)
             self._wake.clear()
             await self._wake.wait()
 
@@ -202,12 +228,13 @@ class Feeder:
 
     def requeue(self, task_id: str) -> None:
         self.pool.requeue(task_id)
-        self.extra += 1
+        self.extra_by[domain_of(task_id)] += 1
         self._wake.set()
 
     def admit(self, k: int) -> None:
-        """Let ``k`` more prompts in now (replacements for groups dropped without signal)."""
-        self.extra += k
+        """Let ``k`` more prompts of the next step's domain in now (replacements for groups
+        dropped without signal)."""
+        self.extra_by[self.domain()] += k
         self._wake.set()
 
     def step_done(self) -> None:
@@ -219,10 +246,15 @@ class Feeder:
         """Continue a checkpointed run (the pool already restored): ``requeue`` were generating
         when the checkpoint was taken and run again."""
         self.steps, self.trajectories, self.busy_seconds = steps, trajectories, busy_seconds
-        self.issued = sum(self.pool.issued.values())
+        self.issued_by = Counter()
+        for task_id, n in self.pool.issued.items():
+            self.issued_by[domain_of(task_id)] += n
         for task_id in requeue:
-            self.requeue(task_id)
-        self.extra = sum(self.pool.requeued.values())
+            self.pool.requeue(task_id)
+        self.extra_by = Counter()
+        for task_id, n in self.pool.requeued.items():
+            self.extra_by[domain_of(task_id)] += n
+        self._wake.set()
 
     def pop_token_rate(self) -> float:
         """Sampled tokens per second since the last call."""
@@ -254,14 +286,14 @@ async def collect(job: Any, run: Any, state: Any, actors: Any, feeder: Feeder) -
     from forge_ray.buffer import Taken
     from forge_ray.learner.batching import has_signal
 
-    m, drop = job.learner.batch_groups, job.learner.drop_zero_variance
+    m, drop, domain = job.learner.batch_groups, job.learner.drop_zero_variance, feeder.domain()
     useful: list = []
     flat: list = []
     stale: list = []
     refills = job.learner.refill_rounds if drop else 0
     while len(useful) < m:
         with run.timer("wait_rollout"):
-            taken = await feeder.guard(actors.buffer.take.remote(m - len(useful), state.version))
+            taken = await feeder.guard(actors.buffer.take.remote(m - len(useful), state.version, domain=domain or None))
         for group in taken.stale:  # too old to learn from: run the prompt again
             feeder.requeue(group.task_id)
         stale += taken.stale

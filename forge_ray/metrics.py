@@ -175,10 +175,13 @@ class Run:
 
     def dump_rollouts(self, step: int, trajectories: list[Any]) -> None:
         """``step``'s trajectories, whole (``Trajectory.to_json``), to ``rollouts/step_NNNNNN.jsonl``."""
-        path = self.dir / "rollouts" / f"step_{step:06d}.jsonl"
-        path.parent.mkdir(exist_ok=True)
+        path = self.rollouts_dir() / f"step_{step:06d}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as f:
             f.writelines(json.dumps(t.to_json()) + "\n" for t in trajectories)
+
+    def rollouts_dir(self) -> Path:
+        return self.dir / "rollouts"
 
     def read_metrics(self, stage: str) -> list[dict]:
         path = self.dir / "metrics.jsonl"

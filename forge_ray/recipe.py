@@ -4,11 +4,13 @@
     -> one shared SFT on the mixed expert data of all domains        checkpoints/sft
     -> RL per domain from that SFT checkpoint, one domain after another  checkpoints/rl_<domain>
     -> merge of the per-domain policies (SCE by default)             checkpoints/merged
+    -> with ``env.mix``: joint multi-task RL from the same SFT         checkpoints/rl_mix
     -> every model (SFT, each RL policy, the merge) on every domain's held-out tasks:
        the merge-cost table, merge_cost.json / merge_cost.md / plots/merge_cost.png
 
 ``pipeline._stages`` calls ``run_recipe`` when the job has domains. Each domain's RL is the
-driver's ``run_rl`` on the job as that domain sees it (``config.domain_job``), through a
+driver's ``run_rl`` on the job as that domain sees it (``config.domain_job``; the mix's is
+``mix.mix_job``, one domain per step by the schedule), through a
 ``DomainRun``: its metrics rows carry ``domain``, its W&B keys are ``rl/<domain>/...``.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from forge_ray.config import DomainConfig, JobConfig, domain_job
+from forge_ray.config import JobConfig, domain_job
 from forge_ray.metrics import Run
 from forge_ray.pipeline import finished_stage
 
@@ -49,12 +51,18 @@ def run_recipe(job: JobConfig, run: Run, device: str) -> dict[str, Any]:
             model = finished_stage(run, "sft") or mixed_sft(job, run, model, device)
     policies, domains = {}, {}
     for domain in job.domains:
-        with _stage(seconds, f"rl_{domain.name}"):
-            policies[domain.name], domains[domain.name] = rl_domain(job, run, domain, model, device)
+        if domain.rl:
+            with _stage(seconds, f"rl_{domain.name}"):
+                policies[domain.name], domains[domain.name] = rl_stage(run, domain.name, domain_job(job, domain), model, device)
     models = {start_name: model, **{f"rl_{name}": path for name, path in policies.items()}}
     if job.merge.enabled:
         with _stage(seconds, "merge"):
             models["merged"] = merge_stage(job, run, model, list(policies.values()))
+    if job.env.mix:  # joint multi-task RL, Klear's alternative to the merge
+        from forge_ray.mix import mix_job
+
+        with _stage(seconds, "rl_mix"):
+            models["rl_mix"], domains["mix"] = rl_stage(run, "mix", mix_job(job), model, device)
     with _stage(seconds, "eval"):
         results = asyncio.run(evaluate_models(job, run, models, device))
     table = build_table(results, [d.name for d in job.domains], _merge_record(job) if job.merge.enabled else None)
@@ -147,6 +155,9 @@ class DomainRun(Run):
     def read_metrics(self, stage: str) -> list[dict]:
         return [r for r in super().read_metrics(stage) if r.get("domain") == self.domain]
 
+    def rollouts_dir(self) -> Path:
+        return super().rollouts_dir() / self.domain
+
     def truncate(self, step: int) -> None:
         path = self.dir / "metrics.jsonl"
         if path.exists():
@@ -155,28 +166,27 @@ class DomainRun(Run):
             path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
-def rl_domain(job: JobConfig, run: Run, domain: DomainConfig, model_path: str, device: str) -> tuple[str, dict[str, Any]]:
-    """The driver's RL on ``domain`` from ``model_path``; its policy ends in
-    ``checkpoints/rl_<domain>`` (its step checkpoints, if any, in ``rl_<domain>_steps``).
-    Returns the policy's folder and the domain's RL summary (also ``domains/<domain>.json``)."""
+def rl_stage(run: Run, name: str, djob: JobConfig, model_path: str, device: str) -> tuple[str, dict[str, Any]]:
+    """The driver's RL of ``djob`` (a domain's job, or the mix's) from ``model_path``; its policy
+    ends in ``checkpoints/rl_<name>`` (its step checkpoints, if any, in ``rl_<name>_steps``).
+    Returns the policy's folder and the RL summary (also ``domains/<name>.json``)."""
     from forge_ray.driver import run_rl
     from forge_ray.metrics import plot_curves
 
-    record = run.dir / "domains" / f"{domain.name}.json"
-    done = finished_stage(run, f"rl_{domain.name}")
+    record = run.dir / "domains" / f"{name}.json"
+    done = finished_stage(run, f"rl_{name}")
     if done and record.exists():
         return done, json.loads(record.read_text())
-    djob = domain_job(job, domain)
-    drun = DomainRun.of(run, djob, domain.name)
-    log.info("RL on domain %s (%s, %d steps) from %s", domain.name, djob.env.name, djob.run.steps, model_path)
+    drun = DomainRun.of(run, djob, name)
+    env = "+".join(djob.env.mix) if djob.env.mix else djob.env.name
+    log.info("RL on %s (%s, %d steps) from %s", name, env, djob.run.steps, model_path)
     summary = asyncio.run(run_rl(djob, drun, model_path, device))
-    out = _stash_policy(run.dir / "checkpoints", domain.name)
-    summary = {**summary, "rl_checkpoint": str(out), "env": djob.env.name}
+    out = _stash_policy(run.dir / "checkpoints", name)
+    summary = {**summary, "rl_checkpoint": str(out), "env": env}
     record.parent.mkdir(exist_ok=True)
     record.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    plot_curves(drun, run.dir / "plots" / f"reward_{domain.name}.png")
-    log.info("domain %s: held-out success %.3f -> %.3f; policy -> %s", domain.name, summary["sft_success"],
-             summary["rl_success"], out)
+    plot_curves(drun, run.dir / "plots" / f"reward_{name}.png")
+    log.info("%s: held-out success %.3f -> %.3f; policy -> %s", name, summary["sft_success"], summary["rl_success"], out)
     return str(out), summary
 
 

@@ -64,5 +64,5 @@ def spawn(job: JobConfig, model_path: str, device: str, factory: Any, max_stalen
     learner = LearnerGroup(job.learner, model_path, job.model.dtype, device, {"CPU": 1, **gpu, **job.cluster.learner_resources},
                            temperature=r.temperature)
     buffer = ray.remote(TrajectoryBuffer).options(name="forge/buffer", max_concurrency=10_000, **on_driver_node()).remote(
-        r.group_size, max_staleness, capacity=r.batch_prompts * (max_staleness + 2))
+        r.group_size, max_staleness, capacity=r.batch_prompts * (max_staleness + 2) * max(len(set(job.env.mix)), 1))
     return Actors(rollout, learner, buffer, services)

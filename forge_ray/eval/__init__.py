@@ -25,6 +25,9 @@ async def evaluate(rollout: Any, tasks: list[Task], greedy: bool = True) -> dict
     category = {t.id: t.meta["category"] for t in tasks if t.meta.get("category")}
     if category:  # e.g. BFCL held-out tasks: accuracy per category, as `forge-ray eval bfcl` reports it
         out["by_category"] = by_category(trajs, category)
+    domain = {t.id: t.meta["domain"] for t in tasks if t.meta.get("domain")}
+    if domain:  # a mix's held-out tasks (env.mix): success per domain
+        out["by_domain"] = by_category(trajs, domain)
     return out
 
 

@@ -66,7 +66,10 @@ class RolloutWorker:
         return LocalEnv(self.env_factory(), self.scorer)
 
     async def _episode(self, task: Task, spec: EpisodeSpec, group_id: str, i: int) -> tuple[Trajectory, str | None]:
-        """One episode, and why the env pool failed under it (None when it did not)."""
+        """One episode, and why the env pool failed under it (None when it did not). A mixed
+        task's ``meta["episode"]`` holds its domain's limits (forge_ray/mix.py)."""
+        if task.meta.get("episode"):
+            spec = EpisodeSpec(**{**vars(spec), **task.meta["episode"]})
         env = self._env()
         traj = await run_episode(self._generate, env, task, self.tokenizer, spec, group_id=group_id, sample_index=i)
         return traj, env.failed

@@ -1,5 +1,6 @@
 """Klear-AgentForge's recipe as one job, tiny: jobs/agentforge_cpu.yaml shrunk to a shared SFT of a
-few steps on both domains, 2 RL steps per domain, an SCE merge and 8 held-out tasks per domain."""
+few steps on both domains, 2 RL steps per domain, an SCE merge, 3 steps of joint multi-task RL by
+the schedule [function_calling, function_calling, calculator], and 8 held-out tasks per domain."""
 import json
 from pathlib import Path
 
@@ -17,8 +18,11 @@ TINY = [
     "domains.function_calling.rollout={max_new_tokens: 48, max_context: 512}",
     *(f"domains.{d}.{k}" for d in DOMAINS for k in ("sft.examples=96", "env.train_tasks=100", "env.eval_tasks=8")),
     "rollout.group_size=4", "rollout.batch_prompts=6", "rollout.kv_cache_mb=256", "learner.batch_groups=4",
-    "learner.micro_batch=8", "learner.drop_zero_variance=false", "learner.lr=1e-3", "run.steps=2", "run.wandb_mode=offline",
+    "learner.micro_batch=8", "learner.drop_zero_variance=false", "learner.lr=1e-3", "run.wandb_mode=offline",
+    *(f"domains.{d}.steps=2" for d in DOMAINS), "run.steps=3", "env.mix=[function_calling, function_calling, calculator]",
+    "run.dump_rollouts=true",
 ]
+MIX = ["function_calling", "function_calling", "calculator"]
 
 
 def tensors(folder):
@@ -34,7 +38,7 @@ def test_agentforge_recipe(ray_cluster, tmp_path):
     summary = run_job(load_job(ROOT / "jobs" / "agentforge_cpu.yaml", TINY + [f"run.root={tmp_path}"]))
     d = Path(summary["run_dir"])
     ckpt = d / "checkpoints"
-    for name in ("sft", "rl_calculator", "rl_function_calling", "merged"):
+    for name in ("sft", "rl_calculator", "rl_function_calling", "merged", "rl_mix"):
         assert (ckpt / name / "model.safetensors").exists(), name
     assert not (ckpt / "rl").exists()  # each domain's policy was moved to its own folder
     for f in ("tokenizer_config.json", "tokenizer.json", "chat_template.jinja"):  # the base's, so vLLM serves it as the SFT
@@ -56,7 +60,7 @@ def test_agentforge_recipe(ray_cluster, tmp_path):
     # The merge-cost table: every model on every domain, on disk as JSON, markdown and a plot.
     table = json.loads((d / "merge_cost.json").read_text())
     assert table == summary["merge_cost"] and table["domains"] == list(DOMAINS)
-    assert [r["model"] for r in table["rows"]] == ["sft", "rl_calculator", "rl_function_calling", "merged"]
+    assert [r["model"] for r in table["rows"]] == ["sft", "rl_calculator", "rl_function_calling", "merged", "rl_mix"]
     for row in table["rows"]:
         assert all(isinstance(row["success"][n], float) and 0.0 <= row["success"][n] <= 1.0 for n in DOMAINS), row
     assert set(table["merge_cost"]) == {*DOMAINS, "mean"} and table["eval_tasks"] == {n: 8 for n in DOMAINS}
@@ -70,5 +74,17 @@ def test_agentforge_recipe(ray_cluster, tmp_path):
         assert [r["step"] for r in rows if r["stage"] == "rl" and r.get("domain") == n] == [1, 2], n
         assert {r["name"] for r in rows if r["stage"] == "eval" and r.get("domain") == n} == {"sft", "rl"}, n
         assert summary["domains"][n]["rl_checkpoint"] == str(ckpt / f"rl_{n}") and summary["domains"][n]["policy_version"] == 2
-    assert len([r for r in rows if r["stage"] == "merge_eval"]) == 4 * len(DOMAINS)
-    assert set(summary["stage_seconds"]) == {"base", "sft", "rl_calculator", "rl_function_calling", "merge", "eval"}
+    assert len([r for r in rows if r["stage"] == "merge_eval"]) == 5 * len(DOMAINS)
+    assert set(summary["stage_seconds"]) == {"base", "sft", "rl_calculator", "rl_function_calling", "merge", "rl_mix", "eval"}
+
+    # Joint multi-task RL: each step trained on the schedule's domain only, every group of it.
+    mixed = [r for r in rows if r["stage"] == "rl" and r.get("domain") == "mix"]
+    assert [(r["step"], r["mix_domain"]) for r in mixed] == list(enumerate(MIX, 1))
+    assert [r["by_domain/function_calling/share"] for r in mixed] == [1.0, 1.0, 2 / 3]
+    assert mixed[-1]["by_domain/calculator/share"] == 1 / 3
+    for step, domain in enumerate(MIX, 1):
+        dumped = (d / "rollouts" / "mix" / f"step_{step:06d}.jsonl").read_text().splitlines()
+        assert len(dumped) == 4 * 4 and {json.loads(t)["task_id"].split("::")[0] for t in dumped} == {domain}
+    before = next(r for r in rows if r["stage"] == "eval" and r.get("domain") == "mix" and r["name"] == "sft")
+    assert {k: v["n"] for k, v in before["by_domain"].items()} == {n: 8 for n in DOMAINS}
+    assert summary["domains"]["mix"]["policy_version"] == 3 and summary["domains"]["mix"]["env"] == "+".join(MIX)

@@ -22,8 +22,11 @@ class Handle:
 class Feeder:
     """Issues one fresh group with signal per admitted prompt."""
 
-    def __init__(self, buffer):
-        self.buffer, self.admitted, self.requeued, self.next = buffer, 0, [], 100
+    def __init__(self, buffer, domain=""):
+        self.buffer, self.admitted, self.requeued, self.next, self.step_domain = buffer, 0, [], 100, domain
+
+    def domain(self):
+        return self.step_domain
 
     async def guard(self, awaitable):
         return await awaitable
@@ -35,7 +38,8 @@ class Feeder:
         self.admitted += k
         for _ in range(k):
             self.next += 1
-            asyncio.get_running_loop().create_task(put(self.buffer, f"new{self.next}", (1.0, 0.0), self.next))
+            gid = f"{self.step_domain}::new{self.next}" if self.step_domain else f"new{self.next}"
+            asyncio.get_running_loop().create_task(put(self.buffer, gid, (1.0, 0.0), self.next))
 
 
 async def put(buf, gid, rewards, issue, version=0):
@@ -43,7 +47,7 @@ async def put(buf, gid, rewards, issue, version=0):
         await buf.put(TrajectoryMeta(gid, gid, i, version, Status.OK, r, 5, issue=issue), [f"{gid}-{i}"])
 
 
-def collect(tmp_path, refill_rounds, groups):
+def collect(tmp_path, refill_rounds, groups, domain=""):
     job = load_job(None, ["learner.batch_groups=3", f"learner.refill_rounds={refill_rounds}", "reward.turn_weight=0.0"])
     run = Run(job, tmp_path)
 
@@ -51,7 +55,7 @@ def collect(tmp_path, refill_rounds, groups):
         buf = TrajectoryBuffer(group_size=2, max_staleness=1, capacity=100)
         for issue, (gid, rewards) in enumerate(groups):
             await put(buf, gid, rewards, issue)
-        feeder = Feeder(buf)
+        feeder = Feeder(buf, domain)
         actors = SimpleNamespace(buffer=Handle(buf))
         taken = await asyncio.wait_for(_collect(job, run, SimpleNamespace(version=0), actors, feeder), 10)
         return [g.group_id for g in taken.groups], feeder.admitted
@@ -72,3 +76,12 @@ def test_without_refill_the_batch_shrinks(tmp_path):
     groups = [("flat0", (1.0, 1.0)), ("good1", (1.0, 0.0)), ("flat2", (0.0, 0.0)), ("good3", (0.0, 1.0))]
     ids, admitted = collect(tmp_path, 0, groups)
     assert admitted == 0 and ids == ["good1", "flat0", "flat2"]
+
+
+def test_a_mixed_step_takes_its_own_domain_only(tmp_path):
+    """env.mix: the step's domain is "b"; the earlier-issued groups of "a" stay buffered, and the
+    refill for b's flat group is a prompt of b."""
+    groups = [("a::g0", (1.0, 0.0)), ("b::g1", (1.0, 0.0)), ("a::g2", (0.0, 1.0)), ("b::flat3", (0.0, 0.0)),
+              ("b::g4", (0.0, 1.0)), ("a::g5", (1.0, 0.0))]
+    ids, admitted = collect(tmp_path, 2, groups, domain="b")
+    assert admitted == 1 and ids[:2] == ["b::g1", "b::g4"] and ids[2].startswith("b::new") and ids[3:] == ["b::flat3"]
