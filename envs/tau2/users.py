@@ -10,14 +10,12 @@ Implementations:
 
 - ``EngineUser``: a model forge_ray serves itself (a ``VLLMEngine``'s ``generate``), greedy.
   Pass the policy's own engine and tokenizer to make the policy its own user.
-- ``OpenAIUser``: any OpenAI-compatible ``/v1/chat/completions`` endpoint (plain urllib).
+- ``OpenAIUser``: any OpenAI-compatible ``/v1/chat/completions`` endpoint (``forge_ray.openai_http``).
 - ``ScriptedUser``: fixed replies, then ``###STOP###`` (the gold replay and tests use it).
 """
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, runtime_checkable
 
@@ -104,18 +102,11 @@ class OpenAIUser:
     max_tokens: int = 256
     timeout_s: float = 120.0
 
-    def _post(self, history: list[dict[str, str]]) -> str:
-        body = json.dumps({"model": self.model, "messages": history, "temperature": 0.0, "max_tokens": self.max_tokens}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.base_url.rstrip("/") + "/chat/completions", body, headers, method="POST")
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-            data = json.loads(resp.read())
-        return (data["choices"][0]["message"].get("content") or "").strip()
-
     async def reply(self, history: list[dict[str, str]]) -> str:
-        return await asyncio.to_thread(self._post, history)
+        from forge_ray.openai_http import chat
+
+        body = {"model": self.model, "messages": history, "temperature": 0.0, "max_tokens": self.max_tokens}
+        return await asyncio.to_thread(chat, self.base_url, body, self.api_key, self.timeout_s)
 
 
 def make_user(spec: Any) -> UserSimulator:

@@ -1,7 +1,7 @@
 """``forge-ray tts``: test-time scaling curves, accuracy against N samples per task.
 
     forge-ray tts --model DIR --env calculator --tasks 100 --n 1,2,4,8,16 \\
-        --selectors first,majority,mean_logprob,agent_confidence,tournament,oracle --topk 20 --out DIR [--judge DIR]
+        --selectors first,majority,mean_logprob,agent_confidence,tournament,oracle --topk 20 --out DIR [--judge DIR|URL]
 
 Every held-out task is played max(N) times, once, on one in-process vLLM engine inside a
 ``RolloutWorker`` (the class the RL rollout actors host, as ``forge-ray eval`` does), so the
@@ -10,7 +10,8 @@ token's top-k logprobs (``EpisodeSpec.topk``). Each sample is scored by the envi
 reward. For each N the first N samples of every task are handed to each selector
 (``forge_ray.tts.selectors``); a task's accuracy is the reward total of the sample picked (the
 success figure of ``forge-ray eval``), ``oracle`` the best of the N (pass@N). The tournament
-needs ``--judge``: a model (the policy's folder reuses its engine) that compares two attempts.
+needs ``--judge``: a model folder (the policy's reuses its engine) or an OpenAI-compatible endpoint
+(``forge-ray serve``), which compares two attempts (``forge_ray.tts.judge``).
 ``env_token_vote`` has the engine score every trajectory once more (prompt logprobs) to get the
 model's top-k on the environment-feedback tokens. Writes ``DIR/tts.json`` and ``DIR/tts.png``.
 """
@@ -54,7 +55,8 @@ class TtsConfig:
     ns: tuple[int, ...] = (1, 2, 4, 8, 16)
     selectors: tuple[str, ...] = DEFAULT_SELECTORS
     topk: int = 20
-    judge: str | None = None
+    judge: str | None = None  # the tournament's judge: a model folder, or an OpenAI-compatible URL (.../v1)
+    judge_model: str = ""  # the model name at a judge URL ("" = the first its /v1/models lists)
     seed: int = 0  # engine seed and tournament brackets
     temperature: float = 1.0
     top_p: float = 1.0
@@ -286,62 +288,6 @@ def plot(result: dict[str, Any], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-# ---------------------------------------------------------------- the judge
-
-class Judge:
-    """Pairwise judge on a vLLM engine: the attempt whose letter (A or B) the judge model finds
-    more likely after "which attempt is correct?" wins (ties: A). Compares by scoring the two
-    one-letter continuations (``VLLMEngine.score_prompt``), so no free text is parsed."""
-
-    SYSTEM = "You compare two attempts at the same task. Reply with the letter of the attempt that is correct: A or B."
-
-    def __init__(self, engine: Any, tokenizer: Any, max_len: int, loop: asyncio.AbstractEventLoop):
-        self.engine, self.tokenizer, self.max_len, self.loop = engine, tokenizer, max_len, loop
-        self.letters = [tokenizer.encode(x, add_special_tokens=False) for x in ("A", "B")]
-        self.calls = 0
-
-    def _transcript(self, task: Task, traj: Trajectory, budget: int) -> str:
-        rows = [f"{m['role']}: {m.get('content') or ''}" for m in traj.messages[len(task.messages):] if isinstance(m, dict)]
-        ids = self.tokenizer.encode("\n".join(rows), add_special_tokens=False)
-        return self.tokenizer.decode(ids if len(ids) <= budget else ids[-budget:])  # the end holds the answer
-
-    def prompt(self, task: Task, a: Trajectory, b: Trajectory) -> list[int]:
-        def render(ta: str, tb: str) -> list[int]:
-            question = "\n".join(f"{m['role']}: {m.get('content') or ''}" for m in task.messages)
-            user = f"Task:\n{question}\n\nAttempt A:\n{ta}\n\nAttempt B:\n{tb}\n\nWhich attempt is correct? Reply A or B."
-            msgs = [{"role": "system", "content": self.SYSTEM}, {"role": "user", "content": user}]
-            text = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-            return self.tokenizer.encode(text, add_special_tokens=False)
-
-        room = self.max_len - len(render("", "")) - max(map(len, self.letters)) - 2
-        budget = max(room // 2, 0)
-        ids = render(self._transcript(task, a, budget), self._transcript(task, b, budget))
-        return ids[-(self.max_len - max(map(len, self.letters)) - 1):]  # decoding may add a token or two
-
-    async def compare(self, task: Task, a: Trajectory, b: Trajectory) -> int:
-        ids = self.prompt(task, a, b)
-        scores = []
-        for letter in self.letters:
-            logprobs, _ = await self.engine.score_prompt(ids + letter, 0)
-            scores.append(sum(logprobs[len(ids):]))
-        self.calls += 1
-        return int(scores[1] > scores[0])
-
-    def for_task(self, task: Task, trajs: Sequence[Trajectory]) -> Callable[[Candidate, Candidate], int]:
-        """A synchronous ``judge(a, b)`` for ``tournament``, run from a worker thread while the
-        engine's event loop runs (the candidates' indices are ``trajs`` positions)."""
-        cache: dict[tuple[int, int], int] = {}
-
-        def judge(a: Candidate, b: Candidate) -> int:
-            key = (a.index, b.index)
-            if key not in cache:
-                fut = asyncio.run_coroutine_threadsafe(self.compare(task, trajs[a.index], trajs[b.index]), self.loop)
-                cache[key] = fut.result()
-            return cache[key]
-
-        return judge
-
-
 # ---------------------------------------------------------------- the run
 
 def load_tasks(cfg: TtsConfig, source: Any) -> list[Task]:
@@ -385,30 +331,11 @@ async def env_topk_of(engine: Any, traj: Trajectory, k: int, max_len: int) -> li
     return [top[i] if i < len(top) else [] for i in range(traj.prompt_len, len(traj.tokens)) if not traj.loss_mask[i]]
 
 
-async def _judge(cfg: TtsConfig, worker: Any, max_len: int, device: str) -> tuple[Judge, Any]:
-    """The tournament's judge, and its own engine (None when the policy judges itself on its engine)."""
-    path = str(Path(cfg.judge).resolve())
-    if path == worker.model_path:
-        return Judge(worker.engine, worker.tokenizer, max_len, asyncio.get_running_loop()), None
-    from transformers import AutoTokenizer
-
-    from forge_ray.rollout.engine import VLLMEngine
-
-    worker.shutdown()  # free the policy's memory for the judge
-    kw = _engine_kwargs(cfg, path, device)
-    engine = VLLMEngine(path, **kw)
-    try:
-        log.info("judge engine ready in %.1f s", await engine.start())
-        return Judge(engine, AutoTokenizer.from_pretrained(path), kw["max_model_len"], asyncio.get_running_loop()), engine
-    except BaseException:
-        engine.shutdown()
-        raise
-
-
 async def _run_async(cfg: TtsConfig, tasks: list[Task], factory: Callable[[], Any]) -> dict[str, Any]:
     from forge_ray.pipeline import resolve_device
     from forge_ray.rollout.agent_loop import EpisodeSpec
     from forge_ray.rollout.group import RolloutWorker
+    from forge_ray.tts.judge import make_judge
 
     device = resolve_device(cfg.device)
     model = str(Path(cfg.model).resolve())
@@ -433,7 +360,8 @@ async def _run_async(cfg: TtsConfig, tasks: list[Task], factory: Callable[[], An
         judges = None
         selectors = [s for s in cfg.selectors if s != "tournament" or cfg.judge]
         if "tournament" in selectors:
-            judge, judge_engine = await _judge(cfg, worker, kw["max_model_len"], device)
+            judge, judge_engine = await make_judge(cfg.judge, cfg.judge_model, worker, lambda path: _engine_kwargs(cfg, path, device),
+                                                   kw["max_model_len"])
             judges = [judge.for_task(task, g) for task, g in zip(tasks, groups)]
         t1 = time.perf_counter()
         with ThreadPoolExecutor(16) as pool:
@@ -535,7 +463,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--selectors", type=_names, default=DEFAULT_SELECTORS, metavar="A,B,...",
                    help=f"of {','.join([*SELECTORS, 'oracle'])} (default {','.join(DEFAULT_SELECTORS)})")
     p.add_argument("--topk", type=int, default=20, help=f"top-k logprobs per sampled token, <= {MAX_TOPK} (0: none)")
-    p.add_argument("--judge", default=None, metavar="MODEL_DIR", help="the tournament's judge model (the --model folder reuses its engine)")
+    p.add_argument("--judge", default=None, metavar="MODEL_DIR|URL",
+                   help="the tournament's judge: a model folder (the --model folder reuses its engine) or an OpenAI-compatible "
+                        "endpoint, e.g. http://127.0.0.1:8000/v1 of forge-ray serve")
+    p.add_argument("--judge-model", default="", metavar="NAME", help="the model name at a --judge URL (default: the first it lists)")
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/tts.json and DIR/tts.png")
     p.add_argument("--seed", type=int, default=0, help="engine seed and tournament brackets")
     p.add_argument("--temperature", type=float, default=1.0)

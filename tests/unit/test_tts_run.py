@@ -248,3 +248,61 @@ def test_agent_loop_topk_only_when_asked():
     assert seen == [2, 2] and t.num_sampled == 6 and len(t.topk) == 6  # one row per sampled token, in order
     assert t.topk[:3] == t.topk[3:] and [r[0] for r in t.topk[:3]] == pytest.approx([-0.1, -0.2, -0.3])
     assert t.wall_seconds > 0
+
+
+# ---------------------------------------------------------------- a judge behind an endpoint
+
+def test_endpoint_judge_over_http():
+    """The tournament's judge at an OpenAI-compatible URL (a stdlib server here, as forge-ray
+    serve would answer): the model is the first /v1/models lists, the question carries both
+    attempts, and the reply's letter decides."""
+    import asyncio
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from forge_ray.tts.judge import EndpointJudge, make_judge
+    from forge_ray.types import Task
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, payload):
+            body = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._send({"object": "list", "data": [{"id": "judge-model", "object": "model"}]})
+
+        def do_POST(self):
+            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(req)
+            right = "B" if "Answer: 7" in req["messages"][1]["content"].split("Attempt B:")[1] else "A"
+            self._send({"choices": [{"index": 0, "message": {"role": "assistant", "content": f" {right}."}}]})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v1"
+    task = Task("t", "calculator", [{"role": "user", "content": "3 + 4?"}], [])
+
+    def traj(answer):
+        return Trajectory("t", "g", 0, 0, [], [], [], [], Status.OK, task.messages + [{"role": "assistant", "content": answer}])
+
+    async def scenario():
+        judge, engine = await make_judge(url, "", None, None, 0)
+        assert engine is None and isinstance(judge, EndpointJudge) and judge.model == "judge-model"
+        return [await judge.compare(task, traj(a), traj(b)) for a, b in (("Answer: 6", "Answer: 7"), ("Answer: 7", "Answer: 5"))], judge
+
+    try:
+        verdicts, judge = asyncio.run(scenario())
+    finally:
+        server.shutdown()
+    assert verdicts == [1, 0] and judge.calls == 2
+    assert seen[0]["model"] == "judge-model" and seen[0]["temperature"] == 0.0 and seen[0]["messages"][0]["role"] == "system"
+    assert "Attempt A:\nassistant: Answer: 6" in seen[0]["messages"][1]["content"]
