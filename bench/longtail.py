@@ -11,6 +11,9 @@ signal, of every refill). Same model, steps, seed and N in both (``--sync-prompt
 another N: with N = M each refill round waits for a tail of its own, with N > M the surplus
 groups of a batch are stale after its update and replayed); prints the table of
 ``bench/modes.py`` and writes ``async_over_sync`` (trajectories/s, every finished trajectory).
+A third run is async with interruptible rollouts (``rollout.interruptible``: a weight sync
+aborts the turns in flight, which go on under the new weights, instead of waiting for them):
+``async_interrupt_over_sync``.
 """
 from __future__ import annotations
 
@@ -30,13 +33,15 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     sets = [f"env.env_kwargs={{tool_latency_s: {args.median}, tool_latency_sigma: {args.sigma}}}",
             "learner.batch_groups=16", "run.max_staleness=2", "env.eval_tasks=50", *args.set]
-    per_mode = {"sync": [f"rollout.batch_prompts={args.sync_prompts or args.prompts}"], "async": [f"rollout.batch_prompts={args.prompts}"]}
+    per_mode = {"sync": [f"rollout.batch_prompts={args.sync_prompts or args.prompts}"], "async": [f"rollout.batch_prompts={args.prompts}"],
+                "async+interrupt": [f"rollout.batch_prompts={args.prompts}", "rollout.interruptible=true"]}
     results = run_modes(args.model, args.job, args.steps, sets, "longtail", per_mode)
     print_table(results)
-    ratio = results["async"]["trajectories_per_s"] / results["sync"]["trajectories_per_s"]
-    print(f"\nasync_over_sync (trajectories/s): {ratio:.2f}")
+    tps = {k: r["trajectories_per_s"] for k, r in results.items()}
+    ratio, interrupt = tps["async"] / tps["sync"], tps["async+interrupt"] / tps["sync"]
+    print(f"\nasync_over_sync (trajectories/s): {ratio:.2f}; with interruptible rollouts: {interrupt:.2f}")
     write(args.out, {"steps": args.steps, "model": args.model, "tool_latency_median_s": args.median, "tool_latency_sigma": args.sigma,
-                     "sets": sets, "per_mode": per_mode, "async_over_sync": ratio, **results})
+                     "sets": sets, "per_mode": per_mode, "async_over_sync": ratio, "async_interrupt_over_sync": interrupt, **results})
 
 
 if __name__ == "__main__":

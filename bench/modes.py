@@ -20,26 +20,33 @@ KEYS = ("trajectories_per_s", "rollout_idle_frac", "learner_idle_frac", "rl_wall
 
 def run_modes(model: str, job_path: str, steps: int, sets: list[str], name: str,
               per_mode: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
-    """Run ``job_path`` from ``model`` for ``steps`` RL steps in sync, then async mode
-    (``per_mode[mode]``: overrides for that mode only, after ``sets``)."""
+    """Run ``job_path`` from ``model`` for ``steps`` RL steps once per entry of ``per_mode`` (a
+    run's name -> its overrides, after ``sets``; its ``run.mode`` is the name up to any "+", as
+    in "async+interrupt"), in order; by default sync, then async."""
     from forge_ray.config import load_job
     from forge_ray.pipeline import run_job
 
     results = {}
-    for mode in ("sync", "async"):
+    for key, extra in (per_mode or {"sync": [], "async": []}).items():
+        mode = key.split("+")[0]
         job = load_job(job_path, [f"model.path={model}", "sft.enabled=false", f"run.steps={steps}", f"run.mode={mode}",
-                                  f"run.name={name}-{mode}", "run.wandb_mode=disabled", *sets, *(per_mode or {}).get(mode, [])])
+                                  f"run.name={name}-{key.replace('+', '-')}", "run.wandb_mode=disabled", *sets, *extra])
         summary = run_job(job)
-        results[mode] = {k: summary.get(k) for k in KEYS}
+        results[key] = {k: summary.get(k) for k in KEYS}
     return results
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
-    s, a = results["sync"], results["async"]
-    print(f"\n{'':24}{'sync':>10}{'async':>10}{'async/sync':>12}")
+    """One column per run, then each run's ratio to the first (sync)."""
+    names = list(results)
+    base = results[names[0]]
+    head = "".join(f"{n:>16}" for n in names) + "".join(f"{n + '/' + names[0]:>24}" for n in names[1:])
+    print(f"\n{'':24}{head}")
     for k in KEYS:
-        ratio = a[k] / s[k] if isinstance(s[k], (int, float)) and s[k] else float("nan")
-        print(f"{k:24}{s[k]:>10.3f}{a[k]:>10.3f}{ratio:>12.2f}")
+        cells = "".join(f"{results[n][k]:>16.3f}" for n in names)
+        ratios = "".join(f"{results[n][k] / base[k] if isinstance(base[k], (int, float)) and base[k] else float('nan'):>24.2f}"
+                         for n in names[1:])
+        print(f"{k:24}{cells}{ratios}")
 
 
 def parser(doc: str, out: str) -> argparse.ArgumentParser:

@@ -105,7 +105,8 @@ def step_figures(reports: Sequence[EngineReport], metas: Sequence[Any], t0: floa
     groups = sum(r.groups for r in reports)
     if groups:
         row["anatomy/put_s_per_group"] = round(sum(r.put_seconds for r in reports) / groups, 5)
-    return {**row, **episode_breakdown(metas)}
+    resumed = sum(getattr(m, "resumed", 0) for m in metas)
+    return {**row, **episode_breakdown(metas), **({"anatomy/turns_resumed": resumed} if resumed else {})}
 
 
 class Timeline:

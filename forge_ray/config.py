@@ -106,6 +106,7 @@ class RolloutConfig:
     kv_cache_mb: int = 512  # KV-cache memory per engine on CPU
     gpu_memory_utilization: float = 0.5  # KV-cache share of GPU memory per engine (GPU only)
     bucket_mb: int = 64  # weight-sync bucket size
+    interruptible: bool = False  # a weight update aborts in-flight engine calls at once; their turns go on under the new weights (partial rollouts)
     weight_sync: Literal["host", "collective"] = "collective"  # collective: learner rank 0 broadcasts into the engines over gloo (NCCL on GPU), 3.4x faster per sync at 135M on CPU (bench/weight_sync.py); host: buckets through the object store, also the fallback (docs/scaling.md)
 
 

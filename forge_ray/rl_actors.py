@@ -35,7 +35,7 @@ def engine_kwargs(job: JobConfig, device: str) -> dict[str, Any]:
     """``VLLMEngine`` settings of the job's rollout engines."""
     r = job.rollout
     return dict(dtype=job.model.dtype, max_model_len=r.max_context + r.max_new_tokens, kv_cache_mb=r.kv_cache_mb,
-                gpu_memory_utilization=r.gpu_memory_utilization, device=device, seed=job.run.seed)
+                gpu_memory_utilization=r.gpu_memory_utilization, device=device, seed=job.run.seed, interruptible=r.interruptible)
 
 
 def episode_spec(job: JobConfig) -> Any:

@@ -64,8 +64,9 @@ class Turn:
 
     start: int
     end: int
-    version: int  # policy version of the engine weights that sampled this turn
+    version: int  # policy version of the engine weights that sampled this turn (its first token)
     finish_reason: str  # "stop" or "length"
+    resumed: tuple[tuple[int, int], ...] = ()  # (position, version): a weight update interrupted the turn there, a newer version went on
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,15 @@ class Trajectory:
     def min_version(self) -> int:
         return min(self.versions, default=-1)
 
+    def token_versions(self) -> list[int]:
+        """The policy version that sampled each token (-1 where none did: prompt, observations)."""
+        out = [-1] * len(self.tokens)
+        for turn in self.turns:
+            marks = [(turn.start, turn.version), *turn.resumed, (turn.end, -1)]
+            for (begin, version), (stop, _) in zip(marks, marks[1:]):
+                out[begin:stop] = [version] * (stop - begin)
+        return out
+
     @property
     def num_sampled(self) -> int:
         return sum(self.loss_mask)
@@ -125,7 +135,8 @@ class Trajectory:
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> "Trajectory":
         reward = row.get("reward")
-        return cls(**{**row, "status": Status(row["status"]), "turns": [Turn(**t) for t in row["turns"]],
+        turns = [Turn(**{**t, "resumed": tuple(tuple(r) for r in t.get("resumed", ()))}) for t in row["turns"]]
+        return cls(**{**row, "status": Status(row["status"]), "turns": turns,
                       "reward": RewardBreakdown(**reward) if reward else None})
 
 
@@ -156,6 +167,7 @@ class TrajectoryMeta:
     reward_error: str | None = None  # scoring failed (RewardBreakdown.error): kept out of the loss and the statistics
     issue: int = 0  # the feeder's issue number of the group's prompt (the learner takes groups in issue order)
     time: EpisodeTime = EpisodeTime()  # where the episode's wall time went (the step anatomy)
+    resumed: int = 0  # turns continued under newer weights after an interruption (rollout.interruptible)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
 from forge_ray.chat import parse_action, render_observation
@@ -97,23 +97,12 @@ async def _play(generate, env, tokenizer, spec, traj, stop_id, deadline, seed) -
         budget = min(spec.max_new_tokens, spec.max_context - len(traj.tokens))
         if budget <= 0:
             return Status.TRUNCATED
-        t0 = time.monotonic()
-        extra = {"topk": spec.topk} if spec.topk > 0 else {}  # only when asked: other generate callables lack it
-        gen = await asyncio.wait_for(
-            generate(traj.tokens, max_tokens=budget, temperature=spec.temperature, top_p=spec.top_p, stop_token_ids=[stop_id], seed=None if seed is None else seed + turn, **extra),
-            timeout=max(deadline - t0, 0.001),
-        )
-        traj.gen_seconds += time.monotonic() - t0
         start = len(traj.tokens)
-        traj.tokens += gen.token_ids
-        traj.logprobs += gen.logprobs
-        traj.loss_mask += [1] * len(gen.token_ids)
-        if spec.topk > 0:
-            traj.topk += gen.topk
-        traj.turns.append(Turn(start, len(traj.tokens), gen.version, gen.finish_reason))
+        gen = await _sample_turn(generate, spec, traj, budget, stop_id, deadline, None if seed is None else seed + turn)
         if gen.finish_reason != "stop":
             return Status.TRUNCATED  # the turn was cut off by the token budget
-        ids = gen.token_ids[:-1] if gen.token_ids and gen.token_ids[-1] == stop_id else gen.token_ids
+        ids = traj.tokens[start:]
+        ids = ids[:-1] if ids and ids[-1] == stop_id else ids
         text = tokenizer.decode(ids, skip_special_tokens=False)
         traj.messages.append({"role": "assistant", "content": text})
         t0 = time.monotonic()
@@ -129,6 +118,36 @@ async def _play(generate, env, tokenizer, spec, traj, stop_id, deadline, seed) -
         traj.logprobs += [0.0] * len(obs)
         traj.loss_mask += [0] * len(obs)
         turn += 1
+
+
+async def _sample_turn(generate, spec, traj, budget, stop_id, deadline, seed) -> Any:
+    """Sample one assistant turn into ``traj`` (tokens, logprobs, loss mask, a ``Turn``); returns
+    the last engine call. An engine call aborted by a weight update (``finish_reason ==
+    "abort"``, an interruptible engine) keeps what it sampled, with that version's logprobs,
+    and the turn goes on from there under the new weights: ``Turn.version`` is its first
+    token's version, ``Turn.resumed`` where each later version took over."""
+    start, segments = len(traj.tokens), []  # (position, version) where each engine call's tokens begin
+    while True:
+        t0 = time.monotonic()
+        extra = {"topk": spec.topk} if spec.topk > 0 else {}  # only when asked: other generate callables lack it
+        gen = await asyncio.wait_for(
+            generate(traj.tokens, max_tokens=budget - (len(traj.tokens) - start), temperature=spec.temperature,
+                     top_p=spec.top_p, stop_token_ids=[stop_id], seed=seed, **extra),
+            timeout=max(deadline - t0, 0.001),
+        )
+        traj.gen_seconds += time.monotonic() - t0
+        if gen.token_ids:
+            segments.append((len(traj.tokens), gen.version))
+        traj.tokens += gen.token_ids
+        traj.logprobs += gen.logprobs
+        traj.loss_mask += [1] * len(gen.token_ids)
+        if spec.topk > 0:
+            traj.topk += gen.topk
+        if gen.finish_reason != "abort" or len(traj.tokens) - start >= budget:
+            finish = "length" if gen.finish_reason == "abort" else gen.finish_reason
+            version = segments[0][1] if segments else gen.version
+            traj.turns.append(Turn(start, len(traj.tokens), version, finish, tuple(segments[1:])))
+            return replace(gen, finish_reason=finish)
 
 
 async def _score(env: AsyncEnv, task: Task, traj: Trajectory) -> RewardBreakdown:

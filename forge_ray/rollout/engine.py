@@ -3,11 +3,15 @@
 A plain class; ``RolloutGroup`` makes it a Ray actor. The engine never sees text: prompts
 arrive as ids and the sampled ids come back with the logprob the engine assigned to each,
 tagged with the policy version of the weights that produced them. Weight updates go through
-vLLM's weight-transfer API and pause the scheduler while they apply, so every turn is
-sampled by exactly one version.
+vLLM's weight-transfer API and pause the scheduler while they apply, so every engine call is
+sampled by exactly one version. The pause either lets in-flight requests finish first (the
+default) or, with ``interruptible``, aborts them at once: the call returns the tokens sampled
+so far with ``finish_reason == "abort"``, and the agent loop continues the turn under the new
+weights (partial rollouts, docs/rl.md).
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -31,10 +35,13 @@ class VLLMEngine:
         device: str = "cpu",
         seed: int = 0,
         idle_spin_s: float = 0.02,
+        interruptible: bool = False,
     ):
         self.model_path = model_path
         self.idle_spin_s = idle_spin_s if device == "cpu" else None  # quiet_when_idle: CPU only (GPU keeps vLLM's spin)
+        self.interruptible = interruptible
         self.version = 0
+        self._steady: asyncio.Event | None = None  # set while no weight swap is under way
         self._ids = itertools.count()
         self._kwargs = dict(dtype=dtype, max_model_len=max_model_len, seed=seed)
         if device == "cpu":
@@ -98,20 +105,32 @@ class VLLMEngine:
             seed=seed,
             output_kind=RequestOutputKind.FINAL_ONLY,  # one output per request, not one per token
         )
-        final = None
+        if self.interruptible:  # an aborted request's final-only output holds its last token only
+            params.output_kind = RequestOutputKind.DELTA
+        await self._wait_steady()
+        # Every token of this call is sampled by the weights in place now: a swap either waits
+        # for the call to end or aborts it, and calls made during a swap start after it.
+        version = self.version
+        ids: list[int] = []
+        steps: list[Any] = []
+        finish = None
         async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id=f"r{next(self._ids)}"):
-            final = out
-        completion = final.outputs[0]
+            ids += out.outputs[0].token_ids
+            steps += out.outputs[0].logprobs or []
+            finish = out.outputs[0].finish_reason
         if topk > 0:  # each step holds the top k and the sampled token: take the sampled one's by id
-            steps = list(completion.logprobs or [])
-            logprobs = [d[t].logprob if d and t in d else 0.0 for t, d in zip(completion.token_ids, steps)]
+            logprobs = [d[t].logprob if d and t in d else 0.0 for t, d in zip(ids, steps)]
             top = [sorted((lp.logprob for lp in d.values()), reverse=True)[:topk] if d else [] for d in steps]
         else:
-            logprobs = [next(iter(d.values())).logprob if d else 0.0 for d in completion.logprobs or []]
+            logprobs = [next(iter(d.values())).logprob if d else 0.0 for d in steps]
             top = []
-        # Read the version when the request ends: updates drain in-flight requests first,
-        # so a request that finishes after an update was admitted after it.
-        return Generation(list(completion.token_ids), logprobs, completion.finish_reason or "length", self.version, top)
+        return Generation(ids, logprobs, finish or "length", version, top)
+
+    async def _wait_steady(self) -> None:
+        if self._steady is None:
+            self._steady = asyncio.Event()
+            self._steady.set()
+        await self._steady.wait()
 
     async def score_prompt(self, token_ids: list[int], topk: int) -> tuple[list[float], list[list[float]]]:
         """The model's view of a given sequence (vLLM ``prompt_logprobs``, one token sampled and
@@ -187,18 +206,24 @@ class VLLMEngine:
         return await self._swap(version, load)
 
     async def _swap(self, version: int, load: Any) -> dict[str, float]:
-        """Pause (in-flight requests finish first), ``await load()`` inside a weight-update
-        session, switch to ``version``, resume. Timings and the bytes ``load`` reports."""
+        """Pause (in-flight requests finish first, or are aborted when ``interruptible``),
+        ``await load()`` inside a weight-update session, switch to ``version``, resume. New
+        calls wait meanwhile. Timings and the bytes ``load`` reports."""
         t0 = time.perf_counter()
-        await self.llm.pause_generation(mode="wait", clear_cache=True)
-        paused = time.perf_counter()
+        await self._wait_steady()
+        self._steady.clear()
         try:
-            await self.llm.start_weight_update()
-            nbytes = await load()
-            await self.llm.finish_weight_update(str(version))
-            self.version = version
+            await self.llm.pause_generation(mode="abort" if self.interruptible else "wait", clear_cache=True)
+            paused = time.perf_counter()
+            try:
+                await self.llm.start_weight_update()
+                nbytes = await load()
+                await self.llm.finish_weight_update(str(version))
+                self.version = version
+            finally:
+                await self.llm.resume_generation()
         finally:
-            await self.llm.resume_generation()
+            self._steady.set()
         done = time.perf_counter()
         return {"sync_seconds": done - t0, "drain_seconds": paused - t0, "sync_bytes": float(nbytes)}
 

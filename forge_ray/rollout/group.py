@@ -33,6 +33,7 @@ def trajectory_meta(traj: Trajectory, issue: int = 0) -> TrajectoryMeta:
         reward_error=(traj.reward.error if traj.reward else "not scored") if traj.status != Status.ENV_FAILURE else None,
         issue=issue,
         time=EpisodeTime(traj.wall_seconds, traj.gen_seconds, traj.env_seconds, traj.score_seconds),
+        resumed=sum(len(t.resumed) for t in traj.turns),
     )
 
 
