@@ -24,6 +24,12 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
 def build_model(path: str, dtype: str = "float32", device: str = "cpu") -> Any:
     """Load ``path`` and shard it with FSDP2: each decoder layer, then the root.
 
+    With more than one rank, only rank 0 reads the weights: every rank builds the model on the
+    meta device (no memory), shards it, allocates its own shard, and rank 0 broadcasts the
+    weights (and the non-persistent buffers, e.g. rotary frequencies) into the shards. A
+    rank's peak is its shard, not the whole model; rank 0 also holds the loaded copy until
+    the broadcast ends.
+
     bfloat16 on CUDA with a process group is mixed precision: the weights load in float32 (the
     master copy that the optimizer steps) and FSDP2 gathers them in bfloat16 for forward and
     backward, reducing gradients in float32 (``MixedPrecisionPolicy``); ``full_state_dict``
@@ -36,19 +42,54 @@ def build_model(path: str, dtype: str = "float32", device: str = "cpu") -> Any:
 
     mixed = device == "cuda" and dtype == "bfloat16" and dist.is_initialized()
     kwargs: dict[str, Any] = {"dtype": torch.float32 if mixed else getattr(torch, dtype)}
+    target = "cuda" if device == "cuda" else "cpu"
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         kwargs["attn_implementation"] = _gpu_attention()
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    model.to("cuda" if device == "cuda" else "cpu")
-    if dist.is_initialized():
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed else MixedPrecisionPolicy()
-        for layer in model.model.layers:
-            fully_shard(layer, mp_policy=policy)
-        fully_shard(model, mp_policy=policy)
+    if not dist.is_initialized():
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs).to(target)
+    loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs) if dist.get_rank() == 0 else None
+    if dist.get_world_size() == 1:
+        model = loaded.to(target)
+    else:
+        model = _meta_model(path, kwargs)
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed else MixedPrecisionPolicy()
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    if dist.get_world_size() > 1:
+        _fill_from_rank0(model, loaded, target)
+        del loaded
     if mixed:
         model.export_dtype = torch.bfloat16  # read by full_state_dict and save_hf
     return model
+
+
+def _meta_model(path: str, kwargs: dict[str, Any]) -> Any:
+    """The model's modules with parameters and buffers on the meta device (no storage)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), **kwargs)
+
+
+def _fill_from_rank0(model: Any, loaded: Any, device: str) -> None:
+    """Allocate this rank's shards on ``device`` and fill them from rank 0's ``loaded`` model:
+    the parameters and persistent buffers by a full-state-dict broadcast, the non-persistent
+    buffers (absent from state dicts) by an object broadcast."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    model.to_empty(device=device)
+    state = loaded.state_dict() if loaded is not None else {}
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    buffers = [{n: b.detach().cpu() for n, b in loaded.named_buffers()} if loaded is not None else None]
+    dist.broadcast_object_list(buffers, src=0)
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            buf.copy_(buffers[0][name].to(buf.device))
 
 
 def _gpu_attention() -> str:
