@@ -47,7 +47,7 @@ def build_model(path: str, dtype: str = "float32", device: str = "cpu") -> Any:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         kwargs["attn_implementation"] = _gpu_attention()
     if not dist.is_initialized():
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs).to(target)
+        return _for_training(AutoModelForCausalLM.from_pretrained(path, **kwargs).to(target), device)
     loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs) if dist.get_rank() == 0 else None
     if dist.get_world_size() == 1:
         model = loaded.to(target)
@@ -62,6 +62,15 @@ def build_model(path: str, dtype: str = "float32", device: str = "cpu") -> Any:
         del loaded
     if mixed:
         model.export_dtype = torch.bfloat16  # read by full_state_dict and save_hf
+    return _for_training(model, device)
+
+
+def _for_training(model: Any, device: str) -> Any:
+    """Train mode (``from_pretrained`` leaves eval mode, in which transformers skips activation
+    checkpointing) and, on CUDA, activation checkpointing: RL, SFT and mid-training alike."""
+    model.train()
+    if device == "cuda":
+        model.gradient_checkpointing_enable()
     return model
 
 

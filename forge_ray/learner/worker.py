@@ -127,10 +127,7 @@ class FSDPWorker:
         from forge_ray.learner.fsdp import build_model, init_distributed
 
         init_distributed(self.rank, self.world_size, master_addr, master_port, self.device)
-        self.model = build_model(self.model_path, self.dtype, self.device)
-        self.model.train()  # from_pretrained leaves eval mode, in which transformers skips activation checkpointing
-        if self.device == "cuda":
-            self.model.gradient_checkpointing_enable()
+        self.model = build_model(self.model_path, self.dtype, self.device)  # train mode; activation checkpointing on CUDA
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, betas=(0.9, 0.999))
 
     def _lr(self) -> float:
