@@ -2,7 +2,6 @@
 (loss.token_logprobs / entropy_from_logits), on tensors, on the tiny model, and under FSDP2."""
 from __future__ import annotations
 
-import socket
 import types
 
 import pytest
@@ -231,19 +230,9 @@ def _fsdp_rank(rank: int, port: int, paths: tuple[str, str], queue) -> None:
 
 
 def test_fsdp2_two_ranks_gradients_match_full_logits(tiny):
-    import torch.multiprocessing as mp
+    from gloo_ranks import run_ranks
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_fsdp_rank, args=(r, port, tiny, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    results = run_ranks(_fsdp_rank, (tiny,))
     assert sorted(results) == [0, 1]
     for errors in results.values():
         (lp_tied, g_tied, n_tied), (lp_untied, g_untied, n_untied) = errors

@@ -1,7 +1,5 @@
 """FSDP2 model building on 2 gloo ranks: rank 0 reads the weights, the others start on the meta
 device; the sharded model is the checkpoint, parameter for parameter, buffers included."""
-import socket
-
 import pytest
 import torch
 
@@ -40,27 +38,16 @@ def _rank(rank: int, port: int, path: str, queue) -> None:
         tokens = torch.randint(3, 500, (2, 16), generator=torch.Generator().manual_seed(0))
         logits = model(tokens).logits.detach()
         arrays = lambda d: {k: v.numpy().copy() for k, v in d.items()}  # noqa: E731 - plain pickles, no shared memory
-        queue.put((rank, reads, arrays(state), arrays(buffers), logits.numpy().copy()))
+        queue.put((rank, (reads, arrays(state), arrays(buffers), logits.numpy().copy())))
     finally:
         dist.destroy_process_group()
 
 
 def test_rank0_loads_and_the_shards_hold_the_checkpoint(tiny):
-    import torch.multiprocessing as mp
+    from gloo_ranks import run_ranks
     from transformers import AutoModelForCausalLM
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(r, port, tiny, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = {r[0]: r[1:] for r in (queue.get(timeout=300) for _ in procs)}
-    for p in procs:
-        p.join(timeout=60)
-
+    results = run_ranks(_rank, (tiny,))
     ref = AutoModelForCausalLM.from_pretrained(tiny)
     tokens = torch.randint(3, 500, (2, 16), generator=torch.Generator().manual_seed(0))
     expected = ref(tokens).logits.detach()
