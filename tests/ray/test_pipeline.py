@@ -48,6 +48,8 @@ def test_async_with_sft(ray_cluster, tmp_path, tiny_model):
     lanes = {json.loads(line)["lane"] for line in (d / "timeline.jsonl").read_text().splitlines()}
     assert {"driver", "learner", "engine 0"} <= lanes
     assert summary["peak_pss_gb"]["rl"] > 0.5 and summary["peak_pss_gb"]["sft"] > 0.5  # engines and ranks are counted
+    assert "ray::FSDPWorker" in summary["rl_pss_by_process_gb"]  # Ray Train's actors are gone once SFT ends:
+    assert not {"ray::TrainController", "ray::DatasetManager", "ray::_AutoscalingCoordinatorActor"} & set(summary["rl_pss_by_process_gb"])
     assert list((d / "wandb").glob("offline-run-*"))  # W&B offline run written into the run dir
 
 
