@@ -185,7 +185,8 @@ def mix_job(job: JobConfig) -> JobConfig:
 
 def step_columns(domain: str, groups: list, consumed: dict[str, int]) -> dict[str, Any]:
     """A mixed step's columns: its domain, the domain's reward and response length this step,
-    and every domain's share of the groups trained so far (``consumed``: the prompt ledger's)."""
+    and every domain's share of the prompts consumed so far (``consumed``: the prompt ledger's;
+    a consumed prompt was trained on, or dropped for a group without signal)."""
     metas = [m for g in groups for m in g.metas]
     n = max(len(metas), 1)
     trained: dict[str, int] = {}
@@ -194,7 +195,7 @@ def step_columns(domain: str, groups: list, consumed: dict[str, int]) -> dict[st
     total = max(sum(trained.values()), 1)
     return {"mix_domain": domain, f"by_domain/{domain}/reward_mean": sum(m.reward for m in metas) / n,
             f"by_domain/{domain}/tokens_mean": sum(m.num_tokens for m in metas) / n,
-            **{f"by_domain/{d}/share": k / total for d, k in trained.items()}}
+            **{f"by_domain/{d}/prompt_share": k / total for d, k in trained.items()}}
 
 
 class MixedGuard:

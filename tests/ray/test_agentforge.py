@@ -80,8 +80,8 @@ def test_agentforge_recipe(ray_cluster, tmp_path):
     # Joint multi-task RL: each step trained on the schedule's domain only, every group of it.
     mixed = [r for r in rows if r["stage"] == "rl" and r.get("domain") == "mix"]
     assert [(r["step"], r["mix_domain"]) for r in mixed] == list(enumerate(MIX, 1))
-    assert [r["by_domain/function_calling/share"] for r in mixed] == [1.0, 1.0, 2 / 3]
-    assert mixed[-1]["by_domain/calculator/share"] == 1 / 3
+    assert [r["by_domain/function_calling/prompt_share"] for r in mixed] == [1.0, 1.0, 2 / 3]
+    assert mixed[-1]["by_domain/calculator/prompt_share"] == 1 / 3
     for step, domain in enumerate(MIX, 1):
         dumped = (d / "rollouts" / "mix" / f"step_{step:06d}.jsonl").read_text().splitlines()
         assert len(dumped) == 4 * 4 and {json.loads(t)["task_id"].split("::")[0] for t in dumped} == {domain}

@@ -136,7 +136,7 @@ def test_step_columns_report_the_domain_and_the_trained_shares():
     groups = [SimpleNamespace(metas=[SimpleNamespace(reward=1.0, num_tokens=10), SimpleNamespace(reward=0.0, num_tokens=20)])]
     cols = step_columns("b", groups, Counter({"a::1": 1, "a::2": 1, "a::3": 1, "b::1": 1}))
     assert cols == {"mix_domain": "b", "by_domain/b/reward_mean": 0.5, "by_domain/b/tokens_mean": 15.0,
-                    "by_domain/a/share": 0.75, "by_domain/b/share": 0.25}
+                    "by_domain/a/prompt_share": 0.75, "by_domain/b/prompt_share": 0.25}
 
 
 def test_guard_judges_each_domain_against_itself():
