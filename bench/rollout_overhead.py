@@ -91,10 +91,14 @@ def main() -> None:
     print(f"\n{'round':>6}{'trajectories':>14}{'tokens':>9}{'forge_ray s':>13}{'raw s':>9}")
     for k, (trajs, f, r) in enumerate(zip(batches, forge_s, raw_s)):
         print(f"{k:>6}{len(trajs):>14}{tokens[k]:>9}{f:>13.2f}{r:>9.2f}" + ("   (warm-up)" if k == 0 else ""))
-    print(f"\nsampled tokens/s: forge_ray {forge_tps:.1f}, raw vLLM {raw_tps:.1f}; ratio (forge_ray / raw) {forge_tps / raw_tps:.3f}")
+    episodes = [t for trajs in batches[kept] for t in trajs]
+    anatomy = {k: sum(getattr(t, f"{k}_seconds") for t in episodes) / len(episodes) for k in ("wall", "gen", "env", "score")}
+    print(f"\nper episode (s): {', '.join(f'{k} {v:.3f}' for k, v in anatomy.items())}; turns {sum(len(t.turns) for t in episodes) / len(episodes):.2f}")
+    print(f"sampled tokens/s: forge_ray {forge_tps:.1f}, raw vLLM {raw_tps:.1f}; ratio (forge_ray / raw) {forge_tps / raw_tps:.3f}")
     write(args.out, {"model": args.model, "job": args.job, "sets": args.set, "rounds": args.rounds, "prompts": args.prompts,
                      "group_size": job.rollout.group_size, "tokens": tokens, "forge_seconds": forge_s, "raw_seconds": raw_s,
-                     "forge_tokens_per_s": forge_tps, "raw_tokens_per_s": raw_tps, "ratio": forge_tps / raw_tps})
+                     "forge_tokens_per_s": forge_tps, "raw_tokens_per_s": raw_tps, "ratio": forge_tps / raw_tps,
+                     "episode_seconds": anatomy})
 
 
 if __name__ == "__main__":
