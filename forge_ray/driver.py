@@ -84,7 +84,7 @@ async def _train(job: JobConfig, run: Run, actors: Actors) -> dict[str, Any]:
     log.info("engines up in %s s; learner ranks ready", [round(s, 1) for s in engine_seconds])
     source = task_source(job)
     heldout = source.tasks("heldout", job.env.eval_tasks, job.env.seed)
-    pool = PromptPool(source.tasks("train", job.env.train_tasks, job.env.seed))
+    pool = PromptPool(source.tasks("train", job.env.train_tasks, job.env.seed), mixed=bool(job.env.mix))
     feeder = Feeder(pool, rollout, actors.buffer, group_size=job.rollout.group_size, batch_prompts=job.rollout.batch_prompts,
                     batch_groups=job.learner.batch_groups, max_staleness=staleness(job), schedule=job.env.mix)
     guard = MixedGuard(job.guard, job.env.mix) if job.env.mix else CollapseGuard(job.guard)

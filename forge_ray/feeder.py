@@ -33,16 +33,20 @@ class PromptPool:
     stopped). ``check`` compares the outstanding issues with what is really generating or
     buffered: an issue the ledger holds outstanding that is neither is *lost*, and named."""
 
-    def __init__(self, tasks: list[Task]):
+    def __init__(self, tasks: list[Task], mixed: bool = False):
         self.tasks = {t.id: t for t in tasks}
-        self._queues: dict[str, deque] = {}  # per domain of a mix (forge_ray/mix.py); one ("") otherwise
+        self.mixed = mixed  # env.mix: a queue per domain (forge_ray/mix.py); else one, ""
+        self._queues: dict[str, deque] = {}
         for t in tasks:
-            self._queues.setdefault(domain_of(t.id), deque()).append(t.id)
+            self._queues.setdefault(self.domain(t.id), deque()).append(t.id)
         self.issued: Counter = Counter()
         self.outstanding: Counter = Counter()
         self.requeued: Counter = Counter()
         self.consumed: Counter = Counter()
         self.abandoned: Counter = Counter()
+
+    def domain(self, task_id: str) -> str:
+        return domain_of(task_id) if self.mixed else ""
 
     def has_next(self, domain: str = "") -> bool:
         return bool(self._queues.get(domain))
@@ -63,7 +67,7 @@ class PromptPool:
     def requeue(self, task_id: str) -> None:
         self._settle(task_id, "re-queued")
         self.requeued[task_id] += 1
-        self._queues.setdefault(domain_of(task_id), deque()).appendleft(task_id)
+        self._queues.setdefault(self.domain(task_id), deque()).appendleft(task_id)
 
     def consume(self, task_id: str) -> None:
         self._settle(task_id, "consumed")
@@ -87,7 +91,7 @@ class PromptPool:
             raise AccountingError(f"checkpoint names {len(unknown)} prompts this job does not have (e.g. {unknown[0]}): was env changed?")
         self._queues = {}
         for task_id in state["queue"]:
-            self._queues.setdefault(domain_of(task_id), deque()).append(task_id)
+            self._queues.setdefault(self.domain(task_id), deque()).append(task_id)
         for k in ("issued", "outstanding", "requeued", "consumed", "abandoned"):
             setattr(self, k, Counter(state.get(k, {})))
 
@@ -228,7 +232,7 @@ class Feeder:
 
     def requeue(self, task_id: str) -> None:
         self.pool.requeue(task_id)
-        self.extra_by[domain_of(task_id)] += 1
+        self.extra_by[self.pool.domain(task_id)] += 1
         self._wake.set()
 
     def admit(self, k: int) -> None:
@@ -248,12 +252,12 @@ class Feeder:
         self.steps, self.trajectories, self.busy_seconds = steps, trajectories, busy_seconds
         self.issued_by = Counter()
         for task_id, n in self.pool.issued.items():
-            self.issued_by[domain_of(task_id)] += n
+            self.issued_by[self.pool.domain(task_id)] += n
         for task_id in requeue:
             self.pool.requeue(task_id)
         self.extra_by = Counter()
         for task_id, n in self.pool.requeued.items():
-            self.extra_by[domain_of(task_id)] += n
+            self.extra_by[self.pool.domain(task_id)] += n
         self._wake.set()
 
     def pop_token_rate(self) -> float:

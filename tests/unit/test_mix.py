@@ -35,14 +35,16 @@ def tasks(domain, n):
 
 
 def test_pool_keeps_a_queue_per_domain_and_its_state_round_trips():
-    pool = PromptPool(tasks("a", 3) + tasks("b", 2))
+    pool = PromptPool(tasks("a", 3) + tasks("b", 2), mixed=True)
     b0, _ = pool.next("b")
     a0, _ = pool.next("a")
     pool.requeue(b0.id)  # back to the front of b's queue, not a's
     assert pool.next("a")[0].id == "a::t1" and pool.next("b") == (b0, 2)
-    fresh = PromptPool(tasks("a", 3) + tasks("b", 2))
+    fresh = PromptPool(tasks("a", 3) + tasks("b", 2), mixed=True)
     fresh.restore(pool.state())
     assert fresh.next("a")[0].id == "a::t2" and fresh.next("b")[0].id == "b::t1" and not fresh.has_next("b")
+    single = PromptPool([Task("x::1", "x", [], [])])  # not a mix: an id with "::" is just an id
+    assert single.has_next() and single.next()[0].id == "x::1"
 
 
 class Rollout:
@@ -60,7 +62,7 @@ def test_admission_follows_each_domains_own_steps():
     step ahead of the learner's next; b's first step (4) enters that horizon after step 2."""
     async def scenario():
         rollout = Rollout()
-        feeder = Feeder(PromptPool(tasks("a", 50) + tasks("b", 50)), rollout, None, group_size=2, batch_prompts=2,
+        feeder = Feeder(PromptPool(tasks("a", 50) + tasks("b", 50), mixed=True), rollout, None, group_size=2, batch_prompts=2,
                         batch_groups=2, max_staleness=1, schedule=MIX)
         feeder.start()
         counts = []
@@ -79,7 +81,7 @@ def test_admission_follows_each_domains_own_steps():
 
 def test_refill_admits_prompts_of_the_steps_domain():
     async def scenario():
-        feeder = Feeder(PromptPool(tasks("a", 9) + tasks("b", 9)), Rollout(), None, group_size=2, batch_prompts=2,
+        feeder = Feeder(PromptPool(tasks("a", 9) + tasks("b", 9), mixed=True), Rollout(), None, group_size=2, batch_prompts=2,
                         batch_groups=2, max_staleness=0, schedule=["b", "a"])
         feeder.start()
         feeder.admit(3)
