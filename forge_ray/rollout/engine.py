@@ -109,7 +109,9 @@ class VLLMEngine:
             params.output_kind = RequestOutputKind.DELTA
         await self._wait_steady()
         # Every token of this call is sampled by the weights in place now: a swap either waits
-        # for the call to end or aborts it, and calls made during a swap start after it.
+        # for the call to end or aborts it, and calls made during a swap start after it. (A
+        # call that reaches vLLM only after a swap has begun runs under the newer weights but
+        # reports this version: its staleness is overstated, never understated.)
         version = self.version
         ids: list[int] = []
         steps: list[Any] = []
