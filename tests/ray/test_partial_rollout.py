@@ -8,7 +8,7 @@ from forge_ray.rollout.agent_loop import EpisodeSpec, _sample_turn
 from forge_ray.types import Status, Trajectory, WeightBucket
 
 PROMPT = [1, 88, 140, 301, 77, 9, 42, 500, 13, 2, 1, 600]
-LONG = 1800  # tokens: far more than the engine samples before the update lands
+LONG = 900  # tokens: more than the engine samples before the update lands
 
 
 def buckets(model_dir, version, scale):
@@ -28,7 +28,7 @@ async def started(task, engine):
     """Wait until the call is generating (the engine's scheduler has it)."""
     for _ in range(200):
         if engine.llm.output_processor.get_num_unfinished_requests() > 0:
-            await asyncio.sleep(0.3)  # a few hundred tokens in
+            await asyncio.sleep(0.2)  # some tokens in
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"the engine never started the call: {task.done() and task.result()}")
@@ -37,7 +37,7 @@ async def started(task, engine):
 def test_update_aborts_the_call_in_flight_and_the_turn_goes_on(tiny_model):
     from forge_ray.rollout.engine import VLLMEngine
 
-    engine = VLLMEngine(tiny_model, max_model_len=2048, kv_cache_mb=128, interruptible=True)
+    engine = VLLMEngine(tiny_model, max_model_len=1024, kv_cache_mb=64, interruptible=True)
 
     async def scenario():
         await engine.start()  # in this event loop: the engine's output handler lives in it
