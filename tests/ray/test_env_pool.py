@@ -38,6 +38,17 @@ def calc(tiny_model):
     return AutoTokenizer.from_pretrained(tiny_model), source, source.tasks("train", 6, 0)
 
 
+async def until_dead(actor, timeout_s: float = 30.0) -> None:
+    """Wait until a killed actor stops answering (its calls raise)."""
+    for _ in range(int(timeout_s / 0.1)):
+        try:
+            await actor.ping.remote()
+        except Exception:  # noqa: BLE001 - any actor error means it is gone
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the killed actor still answers after {timeout_s} s")
+
+
 def test_pool_leases_episodes_and_failures(ray_cluster, calc):
     from envs import factory, make_env
     from forge_ray.env.adapters import LocalEnv, PooledEnv
@@ -86,6 +97,7 @@ def test_pool_leases_episodes_and_failures(ray_cluster, calc):
         victims = [e for e in envs if e.lease.actor_index == envs[0].lease.actor_index]
         assert len(victims) == 2
         ray_cluster.kill(envs[0].lease.actor, no_restart=True)
+        await until_dead(envs[0].lease.actor)  # ray.kill returns before the actor is gone
         for e in victims:
             with pytest.raises(EnvPoolError, match="RayActorError|ActorDied|ActorUnavailable"):
                 await e.step(source_action(source, tasks[0]))
