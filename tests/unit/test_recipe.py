@@ -87,6 +87,11 @@ def test_domain_overrides_on_the_command_line(tmp_path):
     ("merge:\n  method: dare\n", "merge.method"),
     ("merge:\n  weights: [1, 2]\n", "sce computes its own weights"),
     ("domains:\n  - name: a\nmerge:\n  method: linear\n  weights: [1, 2]\n", "merge.weights has 2 weights for 1 domains"),
+    # env.mix, joint multi-task RL (forge_ray/mix.py)
+    ("env:\n  mix: [a]\n", "env.mix names domains, but the job has no domains"),
+    ("env:\n  mix: [a, c]\ndomains:\n  - name: a\n", r"env.mix\[1\]: 'c' is not a domain of the job \(a\)"),
+    ("domains:\n  - name: a\n    env: {mix: [a]}\n", r"domains\[0\] \(a\).env.mix: only the job's env section"),
+    ("domains:\n  - name: a\n    rl: false\n", "no domain trains its own RL policy"),
 ])
 def test_bad_domains_name_the_key_and_the_file(tmp_path, bad, match):
     path = write(tmp_path, bad)
