@@ -71,6 +71,28 @@ def _pad(rows: list[dict]) -> tuple[Any, Any]:
     return tokens, mask
 
 
+def _micro_batches(rows: list[dict], micro_tokens: int) -> list[dict[str, Any]]:
+    """This rank's share of a batch as forward/backward passes: all of it padded (``micro_tokens``
+    0), or packed rows of at most ``micro_tokens`` tokens each (``learner.packing``; position ids
+    restart at every conversation, whose first token is a prompt token: mask 0)."""
+    if not rows:
+        return []
+    tokens, mask = _pad(rows)
+    if micro_tokens <= 0:
+        return [{"tokens": tokens, "mask": mask}]
+    from forge_ray.learner.packing import pack, token_micro_batches
+
+    lengths = [len(r["tokens"]) for r in rows]
+    out = []
+    for packed_rows in token_micro_batches(lengths, micro_tokens):
+        idx = [i for row in packed_rows for i in row]
+        local = {i: j for j, i in enumerate(idx)}
+        packed, _ = pack({"tokens": tokens[idx], "mask": mask[idx]}, [[local[i] for i in row] for row in packed_rows],
+                         [lengths[i] for i in idx])
+        out.append(packed)
+    return out
+
+
 def sft_loop(cfg: dict) -> None:
     """Ray Train worker loop: epochs of AdamW steps on token-normalised cross-entropy."""
     import ray.train
@@ -99,11 +121,14 @@ def sft_loop(cfg: dict) -> None:
         for b in range(per_epoch):
             batch = [rows[i] for i in order[b * bs : (b + 1) * bs]]
             n_tokens = sum(sum(r["mask"]) for r in batch)
-            tokens, mask = (t.to(device) for t in _pad(batch[rank::world]))
-            logp, _ = model_token_logprobs(model, tokens, chunk=cfg.get("logprob_chunk", 1024))
-            # Sum over this rank's tokens / the global count, times world: FSDP averages grads.
-            loss, _ = sft_loss_from_logprobs(logp, mask, num_tokens=n_tokens / world)
-            loss.backward()
+            loss = torch.zeros((), device=device)
+            for micro in _micro_batches(batch[rank::world], cfg.get("micro_tokens", 0)):
+                extra = {k: v.to(device) for k, v in micro.items() if k == "position_ids"}
+                logp, _ = model_token_logprobs(model, micro["tokens"].to(device), chunk=cfg.get("logprob_chunk", 1024), **extra)
+                # Sum over this rank's tokens / the global count, times world: FSDP averages grads.
+                part, _ = sft_loss_from_logprobs(logp, micro["mask"].to(device), num_tokens=n_tokens / world)
+                part.backward()  # gradients accumulate over the micro-batches
+                loss = loss + part.detach()
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, cfg["lr"])
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -131,7 +156,7 @@ def run_sft(job: JobConfig, model_path: str, data_path: Path, out_dir: Path, dev
     s = job.sft
     cfg = dict(data=str(data_path), model=model_path, out=str(out_dir), dtype=job.model.dtype, device=device,
                lr=s.lr, epochs=s.epochs, batch_size=s.batch_size, seed=s.seed, report_every=10,
-               logprob_chunk=job.learner.logprob_chunk)
+               logprob_chunk=job.learner.logprob_chunk, micro_tokens=job.learner.micro_tokens)
     return fit(sft_loop, cfg, "sft", out_dir, s.num_workers, device)
 
 

@@ -100,3 +100,35 @@ def test_packed_micro_batches_give_the_padded_loss_gradients_and_old_logprobs(ti
     for t, a, b in zip(trajs, packed[2], padded[2]):  # old logprobs in batch order, each trajectory's own length
         assert a.shape == b.shape == (len(t.tokens),)
         torch.testing.assert_close(a[1:], b[1:], atol=1e-5, rtol=1e-5)
+
+
+def _sft_grads(model_dir, rows, micro_tokens):
+    """SFT loss and gradients of ``rows`` through ``sft._micro_batches`` (a plain model, one rank)."""
+    from transformers import AutoModelForCausalLM
+
+    from forge_ray.learner.chunked import model_token_logprobs
+    from forge_ray.learner.loss import sft_loss_from_logprobs
+    from forge_ray.train.sft import _micro_batches
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    n_tokens = sum(sum(r["mask"]) for r in rows)
+    micros = _micro_batches(rows, micro_tokens)
+    total = 0.0
+    for micro in micros:
+        extra = {k: v for k, v in micro.items() if k == "position_ids"}
+        logp, _ = model_token_logprobs(model, micro["tokens"], chunk=16, **extra)
+        loss, _ = sft_loss_from_logprobs(logp, micro["mask"], num_tokens=n_tokens)
+        loss.backward()
+        total += float(loss)
+    return total, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, micros
+
+
+def test_sft_packed_micro_batches_give_the_padded_batch_loss_and_gradients(tiny):
+    rows = [{"tokens": t.tokens, "mask": t.loss_mask} for t in _trajectories(9, seed=1)]
+    loss, grads, micros = _sft_grads(tiny, rows, 0)
+    packed_loss, packed_grads, packed_micros = _sft_grads(tiny, rows, 40)
+    assert len(micros) == 1 and len(packed_micros) > 1  # gradients really accumulate over several passes
+    assert any("position_ids" in m and (m["position_ids"] == 0).sum() > m["tokens"].shape[0] for m in packed_micros)  # rows hold several conversations
+    assert packed_loss == pytest.approx(loss, rel=1e-5)
+    for k in grads:
+        torch.testing.assert_close(packed_grads[k], grads[k], atol=1e-6, rtol=1e-4, msg=k)
