@@ -93,6 +93,19 @@ def _micro_batches(rows: list[dict], micro_tokens: int) -> list[dict[str, Any]]:
     return out
 
 
+def equal_passes(micros: list[dict[str, Any]], device: Any) -> list[dict[str, Any]]:
+    """``micros`` padded with empty passes (mask 0: no loss) to the largest count over the ranks:
+    FSDP's collectives hang unless every rank runs as many forward/backward passes, and packed
+    shares of one batch can need different counts."""
+    import torch
+    import torch.distributed as dist
+
+    count = torch.tensor([len(micros)], device=device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    empty = {"tokens": torch.zeros(1, 2, dtype=torch.long), "mask": torch.zeros(1, 2)}
+    return micros + [empty] * (int(count.item()) - len(micros))
+
+
 def sft_loop(cfg: dict) -> None:
     """Ray Train worker loop: epochs of AdamW steps on token-normalised cross-entropy."""
     import ray.train
@@ -122,7 +135,7 @@ def sft_loop(cfg: dict) -> None:
             batch = [rows[i] for i in order[b * bs : (b + 1) * bs]]
             n_tokens = sum(sum(r["mask"]) for r in batch)
             loss = torch.zeros((), device=device)
-            for micro in _micro_batches(batch[rank::world], cfg.get("micro_tokens", 0)):
+            for micro in equal_passes(_micro_batches(batch[rank::world], cfg.get("micro_tokens", 0)), device):
                 extra = {k: v.to(device) for k, v in micro.items() if k == "position_ids"}
                 logp, _ = model_token_logprobs(model, micro["tokens"].to(device), chunk=cfg.get("logprob_chunk", 1024), **extra)
                 # Sum over this rank's tokens / the global count, times world: FSDP averages grads.

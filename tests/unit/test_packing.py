@@ -132,3 +132,25 @@ def test_sft_packed_micro_batches_give_the_padded_batch_loss_and_gradients(tiny)
     assert packed_loss == pytest.approx(loss, rel=1e-5)
     for k in grads:
         torch.testing.assert_close(packed_grads[k], grads[k], atol=1e-6, rtol=1e-4, msg=k)
+
+
+def _equal_passes_rank(rank, port, counts, queue):
+    import torch.distributed as dist
+
+    from forge_ray.train.sft import equal_passes
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(counts))
+    micros = [{"tokens": torch.ones(1, 3, dtype=torch.long), "mask": torch.ones(1, 3)}] * counts[rank]
+    out = equal_passes(micros, "cpu")
+    queue.put((rank, [float(m["mask"].sum()) for m in out]))
+    dist.destroy_process_group()
+
+
+def test_sft_ranks_with_unequal_packed_shares_run_as_many_passes():
+    """Packed shares of one batch can need different pass counts; FSDP hangs unless every rank
+    runs as many (the SmolLM2 SFT hung on it): the shorter share pads with empty passes."""
+    from gloo_ranks import run_ranks
+
+    results = run_ranks(_equal_passes_rank, ([3, 1],), world=2, timeout_s=120)
+    assert results[0] == [3.0, 3.0, 3.0]
+    assert results[1] == [3.0, 0.0, 0.0]  # two empty passes: no loss, but the collectives run
