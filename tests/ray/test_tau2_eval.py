@@ -1,5 +1,5 @@
 """Ray tier: ``forge-ray eval tau2 --model`` end to end on a real vLLM CPU engine with the tiny
-model (policy and user simulator on the same engine). The tiny model's 2048-token context is
+model (``--user-policy``: policy and user simulator on the same engine). The tiny model's 2048-token context is
 shorter than τ²'s policy prompt, so the episode ends truncated and scores 0: what is checked is
 the path (engine, simulated user's opening, agent loop, scoring) and the output's shape."""
 from __future__ import annotations
@@ -28,7 +28,7 @@ sys.exit(args.fn(args))
 
 def test_eval_tau2_tiny_model(tiny_model, tmp_path):
     out = tmp_path / "tau2.json"
-    cmd = [sys.executable, "-c", _HARNESS, "eval", "tau2", "--domain", "retail", "--model", tiny_model,
+    cmd = [sys.executable, "-c", _HARNESS, "eval", "tau2", "--domain", "retail", "--model", tiny_model, "--user-policy",
            "--limit", "1", "--kv-cache-mb", "256", "--out", str(out), "--save-conversations"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"eval tau2 failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
@@ -40,4 +40,5 @@ def test_eval_tau2_tiny_model(tiny_model, tmp_path):
     if row["termination"] != "user_context_exceeded":  # the simulated user opened the conversation
         roles = [m["role"] for m in row["messages"]]
         assert roles[:3] == ["system", "assistant", "user"]
+    assert data["user"]["kind"] == "policy" and data["pass_hat_k"].keys() == {"1"} and row["trial"] == 0
     assert "pass rate" in proc.stdout
