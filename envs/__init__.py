@@ -14,6 +14,8 @@ ENVS: dict[str, tuple[str, str, str]] = {
     "calculator": ("envs.calculator", "CalculatorEnv", "CalculatorTasks"),
     "tau2": ("envs.tau2", "Tau2Env", "Tau2Tasks"),  # kwargs: domain="retail" | "airline"
     "function_calling": ("envs.function_calling", "FunctionCallingEnv", "FunctionCallingTasks"),
+    # BFCL multi-turn: stateful back-ends, user turns, BFCL's multi-turn checker as reward
+    "function_calling_multi_turn": ("envs.function_calling.multi_turn", "MultiTurnEnv", "MultiTurnTasks"),
     "swe": ("envs.swe", "SweEnv", "SweTasks"),  # a repository, bash + edit_via_str_replace, tests as reward
     "exercises": ("envs.exercises", "ExerciseEnv", "ExerciseTasks"),  # write a solution file, tests as reward
 }

@@ -4,6 +4,12 @@ Nothing here touches the network: the questions (``data/BFCL_v4_<category>.json`
 possible answers (``data/possible_answer/BFCL_v4_<category>.json``) ship inside the wheel, one
 JSON object per line. A bad line fails with the file and line number.
 
+Categories: BFCL v4's Python single-turn ones, non-live (``NON_LIVE_CATEGORIES``) and live
+(``LIVE_CATEGORIES``, user-contributed questions). The irrelevance and relevance categories have
+no possible answers: BFCL judges them only on whether a call was made (``checker.py``). A live
+question's single turn may hold a system message and earlier user/assistant messages; it is laid
+out as BFCL's prompting handlers lay it out (``render_question``).
+
 BFCL describes functions in its own dialect of JSON schema (``"dict"``, ``"float"``,
 ``"tuple"``, ``"any"``). The model is shown standard JSON-schema tool specs
 (``to_tool_spec``); the official checker gets the original descriptions, kept in
@@ -20,7 +26,11 @@ from typing import Any
 from forge_ray.types import Task
 
 ENV_NAME = "function_calling"
-CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")
+NON_LIVE_CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")
+LIVE_CATEGORIES = ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance",
+                   "live_relevance")
+CATEGORIES = NON_LIVE_CATEGORIES + LIVE_CATEGORIES  # every category forge_ray can load
+NO_ANSWER_CATEGORIES = ("irrelevance", "live_irrelevance", "live_relevance")  # no possible_answer/ file
 VERSION_PREFIX = "BFCL_v4"
 INSTALL_HINT = "pip install --no-deps bfcl-eval==2026.3.23 (see requirements/bfcl-nodeps.txt)"
 
@@ -98,12 +108,45 @@ def to_tool_spec(function: dict[str, Any], hint: str = LANGUAGE_HINT) -> dict[st
     }
 
 
+_ROLES = ("system", "user", "assistant")
+
+
 def _check_row(path: Path, lineno: int, row: dict[str, Any]) -> None:
     question, functions = row.get("question"), row.get("function")
-    if not (isinstance(question, list) and question and isinstance(question[0], list)):
-        raise ValueError(f"{path}:{lineno}: 'question' must be a non-empty list of turns")
+    if not (isinstance(question, list) and len(question) == 1 and isinstance(question[0], list) and question[0]):
+        raise ValueError(f"{path}:{lineno}: 'question' must hold exactly one non-empty turn (a single-turn category)")
+    for i, message in enumerate(question[0]):
+        if not (isinstance(message, dict) and message.get("role") in _ROLES and isinstance(message.get("content"), str)):
+            raise ValueError(f"{path}:{lineno}: message {i} needs a role in {_ROLES} and a string 'content'")
+        if message["role"] == "system" and i > 0:
+            raise ValueError(f"{path}:{lineno}: a system message may only open the turn (message {i} is one)")
+    if question[0][-1]["role"] != "user":
+        raise ValueError(f"{path}:{lineno}: the turn must end with a user message")
     if not (isinstance(functions, list) and all(isinstance(f, dict) and "name" in f for f in functions)):
         raise ValueError(f"{path}:{lineno}: 'function' must be a list of named function descriptions")
+
+
+def render_question(turn: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chat messages of a question's turn, with forge_ray's system prompt in front.
+
+    As BFCL's prompting handlers do (``system_prompt_pre_processing_chat_model``), a turn that
+    opens with its own system message keeps a single system message: ours, a blank line, then
+    the question's. Every other message (several user messages, earlier assistant replies) is
+    kept as it is, in order. Chat templates render one leading system message, so two would
+    lose the question's."""
+    messages = copy.deepcopy(turn)
+    if messages and messages[0].get("role") == "system":
+        messages[0]["content"] = SYSTEM_PROMPT + "\n\n" + messages[0]["content"]
+        return messages
+    return [{"role": "system", "content": SYSTEM_PROMPT}, *messages]
+
+
+def _possible_answers(root: Path, category: str) -> dict[str, Any]:
+    """``{id: ground_truth}`` of a category (empty for the ones judged on call presence)."""
+    if category in NO_ANSWER_CATEGORIES:
+        return {}
+    answer_path = root / "possible_answer" / f"{VERSION_PREFIX}_{category}.json"
+    return {r["id"]: r.get("ground_truth") for _, r in read_jsonl(answer_path)}
 
 
 def load_category(category: str, limit: int | None = None, root: Path | None = None) -> list[Task]:
@@ -113,24 +156,28 @@ def load_category(category: str, limit: int | None = None, root: Path | None = N
     root = root or data_dir()
     prompt_path = root / f"{VERSION_PREFIX}_{category}.json"
     rows = read_jsonl(prompt_path)
-    answers: dict[str, Any] = {}
-    if category != "irrelevance":
-        answer_path = root / "possible_answer" / f"{VERSION_PREFIX}_{category}.json"
-        answers = {r["id"]: r.get("ground_truth") for _, r in read_jsonl(answer_path)}
+    answers = _possible_answers(root, category)
     tasks = []
     for lineno, row in rows[:limit] if limit is not None else rows:
         _check_row(prompt_path, lineno, row)
-        if category != "irrelevance" and not isinstance(answers.get(row["id"]), list):
+        if category not in NO_ANSWER_CATEGORIES and not isinstance(answers.get(row["id"]), list):
             raise ValueError(f"{prompt_path}:{lineno}: no possible answer for {row['id']!r} in possible_answer/")
         tasks.append(Task(
             id=row["id"],
             env=ENV_NAME,
-            messages=[{"role": "system", "content": SYSTEM_PROMPT}, *copy.deepcopy(row["question"][0])],
+            messages=render_question(row["question"][0]),
             tools=[to_tool_spec(f) for f in row["function"]],
             answer={"possible_answers": answers.get(row["id"], []), "functions": row["function"]},
             meta={"category": category, "bfcl_id": row["id"], "source": "bfcl"},
         ))
     return tasks
+
+
+def category_size(category: str, root: Path | None = None) -> int:
+    """How many tasks a category holds (its question file's rows)."""
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown BFCL category {category!r}; supported: {', '.join(CATEGORIES)}")
+    return len(read_jsonl((root or data_dir()) / f"{VERSION_PREFIX}_{category}.json"))
 
 
 def function_names(categories: tuple[str, ...] = CATEGORIES) -> set[str]:

@@ -66,12 +66,18 @@ def check_calls(calls: list[ToolCall], functions: list[dict], possible_answers: 
     """Check ``calls`` against BFCL-style ``possible_answers`` with the official AST checker.
 
     ``category`` routes as BFCL does: names containing "parallel" use the order-free parallel
-    checker, "multiple" the multiple-function checker, anything else the simple checker;
-    "irrelevance" is valid iff no call was made. A checker exception (it was written for
-    well-formed model output) counts as an invalid answer, with the exception recorded.
+    checker, "multiple" the multiple-function checker, anything else the simple checker. The
+    categories without possible answers are judged on call presence, as BFCL's
+    ``_evaluate_single_relevance_entry`` judges them: "irrelevance" (also "live_irrelevance") is
+    valid iff no call was made, "relevance" ("live_relevance") iff at least one was. "No call"
+    is an empty call list or an answer that does not decode (the caller passes ``[]`` for it),
+    as BFCL counts a decode failure and an empty decoded list alike. A checker exception (it was
+    written for well-formed model output) counts as an invalid answer, with the exception recorded.
     """
-    if "irrelevance" in category:
+    if "irrelevance" in category:  # before "relevance", which it contains
         return CheckResult(True) if not calls else CheckResult(False, "made a call where no function fits", "irrelevance_error:decoder_success")
+    if "relevance" in category:
+        return CheckResult(True) if calls else CheckResult(False, "made no call where a function fits", "relevance_error:decoder_failed")
     ast_checker, language = official_checker()
     model_output = [{c.name: dict(c.arguments)} for c in calls]
     try:

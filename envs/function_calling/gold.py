@@ -6,10 +6,10 @@ marks an argument that may be left out. The gold call takes the first allowed va
 argument and leaves the argument out when that value is ``""``; dictionary values (and lists
 of dictionaries) hold allowed values per key, resolved the same way, recursively.
 
-Two BFCL v4 entries cannot be answered this way, whatever the model: ``simple_python_200``
-(the possible answer lacks the required ``fuel_efficiency``) and ``parallel_multiple_26`` (it
-names a ``type`` parameter the function does not have); gold replay scores 399/400 and 199/200
-on those categories.
+For BFCL's own tasks, ``forge_ray.eval.bfcl.gold_answer`` first moves ``""`` behind the other
+allowed values of required parameters (``simple_python_200`` lists ``""`` first for the required
+``fuel_efficiency``). One non-live entry still cannot be answered, whatever the model:
+``parallel_multiple_26`` names a ``type`` parameter the function does not have (199/200).
 """
 from __future__ import annotations
 

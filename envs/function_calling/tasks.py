@@ -2,14 +2,15 @@
 synthetic or BFCL tasks to hold out.
 
 ``heldout="bfcl"`` makes the held-out split BFCL's own evaluation data (the categories in
-``bfcl_categories``), so a job trains on synthetic tools and reports BFCL accuracy; BFCL data
-is never a train split.
+``bfcl_categories``: any of BFCL's non-live and live single-turn categories, by default the
+non-live ones), so a job trains on synthetic tools and reports BFCL accuracy; BFCL data is
+never a train split.
 """
 from __future__ import annotations
 
 import random
 
-from envs.function_calling.bfcl_data import CATEGORIES, load_category
+from envs.function_calling.bfcl_data import CATEGORIES, NON_LIVE_CATEGORIES, load_category
 from envs.function_calling.gold import gold_text
 from envs.function_calling.synthetic import SYNTHETIC_CATEGORIES, SyntheticTasks
 from forge_ray.types import Task
@@ -18,10 +19,10 @@ from forge_ray.types import Task
 class FunctionCallingTasks:
     """``categories``/``weights``: synthetic categories and their frequencies;
     ``heldout``: "synthetic" or "bfcl"; ``bfcl_categories``: BFCL categories of the held-out
-    split when it is BFCL's."""
+    split when it is BFCL's (any of ``bfcl_data.CATEGORIES``, live ones included)."""
 
     def __init__(self, categories: list[str] | tuple[str, ...] = SYNTHETIC_CATEGORIES, weights: list[float] | None = None,
-                 heldout: str = "synthetic", bfcl_categories: list[str] | tuple[str, ...] = CATEGORIES):
+                 heldout: str = "synthetic", bfcl_categories: list[str] | tuple[str, ...] = NON_LIVE_CATEGORIES):
         if heldout not in ("synthetic", "bfcl"):
             raise ValueError(f"heldout must be 'synthetic' or 'bfcl', got {heldout!r}")
         unknown = [c for c in bfcl_categories if c not in CATEGORIES]

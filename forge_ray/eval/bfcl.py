@@ -1,23 +1,25 @@
 """BFCL accuracy of a model, measured by forge_ray's own rollout path and BFCL's checker.
 
-``run_bfcl`` loads BFCL's single-turn categories from the installed ``bfcl-eval`` package
-(``envs/function_calling``), then either
+``run_bfcl`` loads BFCL's single-turn categories, non-live and live, from the installed
+``bfcl-eval`` package (``envs/function_calling``), then either
 
 - plays every task once, greedily, on a vLLM engine through ``RolloutWorker.evaluate`` -- the
   class the ``RolloutGroup`` actors host, so the prompt rendering, the agent loop, the
   ``<tool_call>`` parsing and the env's scoring are exactly the ones RL uses -- or
 - with ``gold``, replays each task's possible answers (first allowed value of every argument,
-  rendered as forge_ray ``<tool_call>`` text) through the same parsing and checker, with no
-  model: a check of the evaluation path itself; or
-- with ``empty``, replays an empty answer (no call) for every task: 0 on the AST categories,
-  1 on ``irrelevance``.
+  rendered as forge_ray ``<tool_call>`` text; see ``gold_answer``) through the same parsing and
+  checker, with no model: a check of the evaluation path itself; or
+- with ``empty``, replays an empty answer (no call) for every task: 0 on the AST categories
+  and ``live_relevance``, 1 on ``irrelevance`` and ``live_irrelevance``.
 
 Accuracy is the env's ``correct`` part: BFCL's verdict (the official AST checker for the AST
-categories; no call made for ``irrelevance``). Output: a table on stdout and a JSON file
-``{category: {"accuracy": float, "n": int}}``; ``details`` adds one JSON line per task.
+categories; no call made for the irrelevance ones; at least one call for ``live_relevance``).
+Output: a table on stdout and a JSON file ``{category: {"accuracy": float, "n": int}, ...,
+"overall": {...}}``, ``overall`` being BFCL's summary scores over the categories run
+(``bfcl_overall``); ``details`` adds one JSON line per task.
 
 ``bfcl_root`` also writes BFCL's own result files, which ``bfcl evaluate`` re-scores:
-``<root>/result/<model dir>/non_live/BFCL_v4_<category>_result.json``, one
+``<root>/result/<model dir>/<non_live|live>/BFCL_v4_<category>_result.json``, one
 ``{"id", "result"}`` line per task, laid out as BFCL's generation step writes them for a
 *prompting* model (see ``write_bfcl_results`` and ``bfcl_answer``).
 """
@@ -30,11 +32,13 @@ import keyword
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+import unicodedata
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from forge_ray.types import Task, Trajectory
+from forge_ray.eval.bfcl_score import bfcl_overall, format_overall, score_sizes
+from forge_ray.types import Task, ToolCall, Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ class BfclEvalConfig:
     details: str | None = None  # one JSON line per task (output text, verdict)
     log_every: int = 50  # tasks per engine batch, and how often progress is logged
     max_new_tokens: int = 512  # BFCL's longest gold answer is ~420 SmolLM2 tokens
-    max_context: int = 2048  # BFCL's longest prompt with tools is ~1.1k tokens
+    max_context: int = 2048  # longest non-live prompt with tools ~1.1k tokens; live ones up to ~6.8k (use 8192)
     kv_cache_mb: int = 2048
     dtype: str | None = None  # default: float32 on CPU, bfloat16 on CUDA
     device: str = "auto"
@@ -101,15 +105,72 @@ def replay_results(tasks: list[Task], answer: Callable[[Task], str]) -> list[Tas
     return results
 
 
-def gold_results(tasks: list[Task]) -> list[TaskResult]:
-    """Each task's gold answer (``envs.function_calling.gold.gold_text``), replayed."""
-    from envs.function_calling.gold import gold_text
+def _is_relevance(category: str) -> bool:
+    return "relevance" in category and "irrelevance" not in category
 
-    return replay_results(tasks, gold_text)
+
+# BFCL type name -> an empty value of that type, for the relevance gold call.
+_EMPTY_VALUES: dict[str, Any] = {"string": "", "integer": 0, "float": 0.0, "boolean": False, "array": [], "tuple": [],
+                                 "dict": {}, "any": ""}
+
+
+def relevance_gold_call(functions: list[dict[str, Any]]) -> ToolCall:
+    """``live_relevance`` has no possible answers: BFCL asks only for at least one call. The
+    gold call is the first listed function with each required parameter set to its default,
+    else its first enum value, else an empty value of its type."""
+    params = functions[0].get("parameters") or {}
+    props = params.get("properties") or {}
+    return ToolCall(functions[0]["name"], {name: _placeholder(props.get(name) or {}) for name in params.get("required") or []})
+
+
+def _placeholder(spec: dict[str, Any]) -> Any:
+    if "default" in spec:
+        return spec["default"]
+    if spec.get("enum"):
+        return spec["enum"][0]
+    return _EMPTY_VALUES.get(spec.get("type"), "")
+
+
+def _empty_last(allowed: Any) -> Any:
+    if isinstance(allowed, list) and "" in allowed and any(a != "" for a in allowed):
+        return [a for a in allowed if a != ""] + [""]
+    return allowed
+
+
+def required_values_first(possible_answers: list[dict[str, Any]], functions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The possible answers with ``""`` ("leave it out") moved behind the other allowed values of
+    each parameter that the function requires. Some entries list ``""`` first for a required
+    parameter (``simple_python_200``'s ``fuel_efficiency``: ``["", 25.0]``,
+    ``live_multiple_144-56-0``'s ``perPage``: ``["", 100]``); the checker rejects a call that
+    leaves a required parameter out, so the gold call gives the next allowed value."""
+    required = {f["name"]: set((f.get("parameters") or {}).get("required") or []) for f in functions}
+    out = []
+    for entry in possible_answers:
+        ((name, params),) = entry.items()
+        need = required.get(name, set())
+        out.append({name: {k: _empty_last(v) if k in need else v for k, v in params.items()}})
+    return out
+
+
+def gold_answer(task: Task) -> str:
+    """The gold turn of a BFCL task: ``envs.function_calling.gold.gold_text`` of its possible
+    answers (``required_values_first``), or for ``live_relevance`` the ``relevance_gold_call``."""
+    from envs.function_calling.gold import gold_text
+    from forge_ray.chat import render_tool_call
+
+    if _is_relevance(str(task.meta.get("category"))):
+        return render_tool_call(relevance_gold_call(task.answer["functions"]))
+    answers = required_values_first(task.answer["possible_answers"], task.answer["functions"])
+    return gold_text(replace(task, answer={**task.answer, "possible_answers": answers}))
+
+
+def gold_results(tasks: list[Task]) -> list[TaskResult]:
+    """Each task's gold answer (``gold_answer``), replayed."""
+    return replay_results(tasks, gold_answer)
 
 
 def empty_results(tasks: list[Task]) -> list[TaskResult]:
-    """An empty assistant turn for every task: no call (right only on ``irrelevance``)."""
+    """An empty assistant turn for every task: no call (right only on the irrelevance categories)."""
     return replay_results(tasks, lambda task: "")
 
 
@@ -148,9 +209,12 @@ def model_results(cfg: BfclEvalConfig, tasks: list[Task]) -> list[TaskResult]:
 # ``BFCL_v4_*_result.json``, at any depth, holds one JSON object per line, ``{"id", "result"}``
 # (BFCL's generation step adds token counts and latency, which evaluation only averages). Each
 # ``result`` goes through the model's handler's ``decode_ast`` and then the AST checker (or, for
-# ``irrelevance``, "did it decode to at least one call"); scores land in
-# ``$BFCL_PROJECT_ROOT/score/<model>/non_live/BFCL_v4_<category>_score.json``, whose first line
-# is ``{"accuracy", "correct_count", "total_count"}``.
+# the irrelevance and relevance categories, "did it decode to at least one call"); scores land in
+# ``$BFCL_PROJECT_ROOT/score/<model>/<group>/BFCL_v4_<category>_score.json``, whose first line
+# is ``{"accuracy", "correct_count", "total_count"}``. ``<group>`` is BFCL's
+# ``get_directory_structure_by_category``: "live" for the live categories, "non_live" for the
+# others forge_ray writes; the result files go under the same group folder, as BFCL's generation
+# step puts them.
 #
 # No handler of BFCL reads forge_ray's chat format (Hermes blocks without newlines:
 # ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``; BFCL's Hermes-style handlers need
@@ -164,7 +228,6 @@ def model_results(cfg: BfclEvalConfig, tasks: list[Task]) -> list[TaskResult]:
 BFCL_MODEL_NAME = "Qwen/Qwen3-0.6B"
 # Handlers (bfcl-eval 2026.3.23) that inherit OSSHandler.decode_ast, i.e. default_decode_ast_prompting.
 PROMPT_DECODER_HANDLERS = ("QwenHandler", "LlamaHandler", "GemmaHandler")
-BFCL_RESULT_GROUP = "non_live"  # BFCL's folder for every category forge_ray supports
 # A called name that is not a Python (dotted) name cannot be written as a call: it is written as
 # this one, which no BFCL function has, so the call still counts as a (wrong) call.
 UNRENDERABLE_NAME = "forge_ray.unrenderable_function_name"
@@ -225,8 +288,10 @@ def check_bfcl_model_name(model_name: str) -> None:
 
 
 def _is_identifier(name: Any) -> bool:
-    # ASCII only: the parser NFKC-normalises other identifiers, which would change the name.
-    return isinstance(name, str) and name.isascii() and name.isidentifier() and not keyword.iskeyword(name)
+    # Python's parser NFKC-normalises identifiers: a name that normalisation changes (``ﬁle``)
+    # would come back as another name, so only NFKC-stable ones (``año_vehiculo``) are written bare.
+    return (isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
+            and unicodedata.normalize("NFKC", name) == name)
 
 
 def _literal(value: Any) -> str:
@@ -275,17 +340,29 @@ def bfcl_answer(text: str) -> str:
     return text if action.parse_error is not None else python_call_list(action.tool_calls)
 
 
+def bfcl_result_group(category: str) -> str:
+    """BFCL's result/score sub-folder of a single-turn category: "live" or "non_live"."""
+    from envs.function_calling.bfcl_data import LIVE_CATEGORIES, NON_LIVE_CATEGORIES
+
+    if category in LIVE_CATEGORIES:
+        return "live"
+    if category in NON_LIVE_CATEGORIES:
+        return "non_live"
+    raise ValueError(f"no BFCL result folder known for category {category!r}")
+
+
 def write_bfcl_results(results: list[TaskResult], categories: tuple[str, ...], root: str | Path,
                        model_name: str = BFCL_MODEL_NAME) -> list[Path]:
-    """``<root>/result/<model dir>/non_live/BFCL_v4_<category>_result.json`` for each category:
-    one ``{"id", "result"}`` line per task in task order (plus ``forge_ray_text``, the turn as
-    the model wrote it, where ``result`` differs from it). Existing files are replaced."""
+    """``<root>/result/<model dir>/<group>/BFCL_v4_<category>_result.json`` for each category
+    (``<group>``: ``bfcl_result_group``): one ``{"id", "result"}`` line per task in task order
+    (plus ``forge_ray_text``, the turn as the model wrote it, where ``result`` differs from it).
+    Existing files are replaced."""
     from envs.function_calling.bfcl_data import VERSION_PREFIX
 
-    folder = Path(root) / "result" / bfcl_model_dir(model_name) / BFCL_RESULT_GROUP
-    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for category in categories:
+        folder = Path(root) / "result" / bfcl_model_dir(model_name) / bfcl_result_group(category)
+        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{VERSION_PREFIX}_{category}_result.json"
         with open(path, "w", encoding="utf-8") as f:
             for r in results:
@@ -324,8 +401,13 @@ def format_table(summary: dict[str, dict[str, Any]], title: str) -> str:
 
 
 def run_bfcl(cfg: BfclEvalConfig) -> dict[str, dict[str, Any]]:
-    """Run the evaluation, print the table, write ``cfg.out`` (and ``cfg.details``, and BFCL's
-    result files under ``cfg.bfcl_root``)."""
+    """Run the evaluation, print the tables, write ``cfg.out`` (and ``cfg.details``, and BFCL's
+    result files under ``cfg.bfcl_root``); return what ``cfg.out`` holds: the per-category
+    summary and, under "overall", ``bfcl_overall`` of it."""
+    from forge_ray.eval.bfcl_multi_turn import is_multi_turn, run_multi_turn
+
+    if any(is_multi_turn(c) for c in cfg.categories):  # multi-turn episodes: forge_ray/eval/bfcl_multi_turn.py
+        return run_multi_turn(cfg)
     if sum([bool(cfg.model), cfg.gold, cfg.empty]) != 1:
         raise ValueError("give exactly one of a model folder, gold=True or empty=True")
     bfcl_name = cfg.bfcl_model_name or BFCL_MODEL_NAME
@@ -339,10 +421,12 @@ def run_bfcl(cfg: BfclEvalConfig) -> dict[str, dict[str, Any]]:
     summary = summarize(results, cfg.categories)
     source = "gold replay" if cfg.gold else "empty replay" if cfg.empty else cfg.model
     title = f"BFCL ({source}; {len(tasks)} tasks, {wall:.1f} s)"
-    print(format_table(summary, title))
+    overall = bfcl_overall(summary, score_sizes())
+    print(format_table(summary, title) + "\n\n" + format_overall(overall))
+    report = {**summary, "overall": overall}
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(summary, indent=2) + "\n")
+        Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
         log.info("wrote %s", cfg.out)
     if cfg.details:
         Path(cfg.details).parent.mkdir(parents=True, exist_ok=True)
@@ -351,6 +435,7 @@ def run_bfcl(cfg: BfclEvalConfig) -> dict[str, dict[str, Any]]:
                 f.write(json.dumps(asdict(r)) + "\n")
     if cfg.bfcl_root:
         paths = write_bfcl_results(results, cfg.categories, cfg.bfcl_root, bfcl_name)
-        log.info("wrote %d BFCL result files under %s; re-score with: %s", len(paths), paths[0].parent if paths else cfg.bfcl_root,
+        log.info("wrote %d BFCL result files under %s; re-score with: %s", len(paths),
+                 Path(cfg.bfcl_root) / "result" / bfcl_model_dir(bfcl_name),
                  bfcl_evaluate_command(cfg.bfcl_root, bfcl_name, cfg.categories, partial=cfg.limit is not None))
-    return summary
+    return report

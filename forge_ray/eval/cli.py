@@ -2,7 +2,7 @@
 
     forge-ray eval bfcl --model DIR [--categories simple_python,multiple,...] [--limit N] --out FILE.json
     forge-ray eval bfcl (--gold | --empty) --out FILE.json [--bfcl-root DIR [--bfcl-model-name NAME]]
-    forge-ray eval tau2 --domain retail|airline --model DIR [--user-model DIR] [--limit N] --out FILE.json
+    forge-ray eval tau2 --domain retail|airline --model DIR (--user-model DIR | --user-endpoint URL ... | --user-policy) [--trials K --temperature T] [--limit N] --out FILE.json
     forge-ray eval tau2 --domain retail --gold --out FILE.json
     forge-ray eval swe --tasks DIR (--model DIR | --gold | --empty | --tests-only) [--limit N] --out FILE.json
     forge-ray eval code --set humaneval|DIR (--model DIR [--samples K] | --gold | --empty) [--limit N] --out FILE.json
@@ -23,11 +23,13 @@ from forge_ray.eval.tau2 import add_tau2_parser
 
 def _categories(text: str) -> tuple[str, ...]:
     from envs.function_calling.bfcl_data import CATEGORIES
+    from envs.function_calling.multi_turn_data import MULTI_TURN_CATEGORIES
 
+    known = (*CATEGORIES, *MULTI_TURN_CATEGORIES)
     chosen = tuple(c.strip() for c in text.split(",") if c.strip())
-    unknown = [c for c in chosen if c not in CATEGORIES]
+    unknown = [c for c in chosen if c not in known]
     if unknown or not chosen:
-        raise argparse.ArgumentTypeError(f"unknown BFCL categories {unknown or [text]}; supported: {','.join(CATEGORIES)}")
+        raise argparse.ArgumentTypeError(f"unknown BFCL categories {unknown or [text]}; supported: {','.join(known)}")
     return chosen
 
 
@@ -58,13 +60,14 @@ def _run_bfcl(args: argparse.Namespace) -> int:
 
 
 def _add_bfcl(evsub: argparse._SubParsersAction) -> None:
-    from envs.function_calling.bfcl_data import CATEGORIES
+    from envs.function_calling.bfcl_data import NON_LIVE_CATEGORIES
 
-    p = evsub.add_parser("bfcl", help="BFCL single-turn accuracy (official AST checker; bfcl-eval package data)")
+    p = evsub.add_parser("bfcl", help="BFCL accuracy: single-turn (official AST checker) and multi-turn (official state checker)")
     p.add_argument("--model", default=None, metavar="DIR", help="model folder served by vLLM (greedy, forge_ray's agent loop)")
     p.add_argument("--gold", action="store_true", help="replay the possible answers instead of a model (checks the path)")
     p.add_argument("--empty", action="store_true", help="replay an empty answer, no call (0 on the AST categories, 1 on irrelevance)")
-    p.add_argument("--categories", type=_categories, default=CATEGORIES, help=f"comma-separated (default: {','.join(CATEGORIES)})")
+    p.add_argument("--categories", type=_categories, default=NON_LIVE_CATEGORIES,
+                   help=f"comma-separated: non-live, live_* or multi_turn_* (default: {','.join(NON_LIVE_CATEGORIES)})")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N tasks of each category")
     p.add_argument("--out", default=None, metavar="FILE.json", help='write {category: {"accuracy", "n"}} here')
     p.add_argument("--details", default=None, metavar="FILE.jsonl", help="one line per task: output text, verdict, error")
@@ -75,7 +78,7 @@ def _add_bfcl(evsub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default=None, help="engine dtype (default float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--bfcl-root", default=None, metavar="DIR",
-                   help="also write BFCL's result files, DIR/result/<model>/non_live/BFCL_v4_<category>_result.json, "
+                   help="also write BFCL's result files, DIR/result/<model>/{non_live,live}/BFCL_v4_<category>_result.json, "
                         "for `BFCL_PROJECT_ROOT=DIR bfcl evaluate`")
     p.add_argument("--bfcl-model-name", default=None, metavar="NAME",
                    help="BFCL registry name the files are filed under: a prompt-mode model whose handler decodes Python "
