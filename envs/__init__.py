@@ -14,7 +14,7 @@ ENVS: dict[str, tuple[str, str, str]] = {
     "calculator": ("envs.calculator", "CalculatorEnv", "CalculatorTasks"),
     "tau2": ("envs.tau2", "Tau2Env", "Tau2Tasks"),  # kwargs: domain="retail" | "airline"
     "function_calling": ("envs.function_calling", "FunctionCallingEnv", "FunctionCallingTasks"),
-    # BFCL multi-turn: stateful back-ends, user turns, BFCL's multi-turn checker as reward
+    # multi-turn: BFCL's stateful back-ends and checker; or forge_ray's own (kwargs train: synthetic, step_share)
     "function_calling_multi_turn": ("envs.function_calling.multi_turn", "MultiTurnEnv", "MultiTurnTasks"),
     "swe": ("envs.swe", "SweEnv", "SweTasks"),  # a repository, bash + edit_via_str_replace, tests as reward
     "exercises": ("envs.exercises", "ExerciseEnv", "ExerciseTasks"),  # write a solution file, tests as reward

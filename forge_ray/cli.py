@@ -13,6 +13,7 @@
     forge-ray code make-exercises PACKAGE[==VERSION]|DIR ... --out DIR [--heldout PKG ...] [--max-per-package N]
     forge-ray serve CHECKPOINT [--name ID] [--host H] [--port 8000] [--replicas N | --min-replicas A --max-replicas B] [--max-model-len N] [--kv-cache-mb M] [--address auto]
     forge-ray merge --base SFT_DIR --models A B ... --method sce|ties|task_arithmetic|linear [--density P] [--weights W ...] --out DIR
+    forge-ray decontam bfcl [--synthetic N] [--seed S] [--out FILE.json]
     forge-ray tts --model DIR --env NAME [--env-kwargs JSON] --tasks K --n 1,2,4,8,16 --selectors first,majority,... --topk 20 --out DIR [--judge MODEL_DIR]
 """
 from __future__ import annotations
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     # envs/ at the edge, as pipeline.py does: argparse only, the factory loads on use
     __import__("envs.swe.factory_cli", fromlist=["add_parser"]).add_parser(sub)
     __import__("envs.exercises.mine_cli", fromlist=["add_parser"]).add_parser(sub)
+    __import__("envs.function_calling.decontam", fromlist=["add_parser"]).add_parser(sub)
     return p
 
 
