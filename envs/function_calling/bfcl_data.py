@@ -185,3 +185,17 @@ def function_names(categories: tuple[str, ...] = CATEGORIES) -> set[str]:
     disjointness check)."""
     root = data_dir()
     return {f["name"] for c in categories for _, row in read_jsonl(root / f"{VERSION_PREFIX}_{c}.json") for f in row["function"]}
+
+
+def round_robin(queues: list[list[Task]], n: int, what: str) -> list[Task]:
+    """``n`` tasks taken round-robin over ``queues`` (one per category, each already in its seeded
+    order); ``what`` names the categories in the error when they hold fewer than ``n``."""
+    total = sum(len(q) for q in queues)
+    if n > total:
+        raise ValueError(f"asked for {n} {what} hold {total}")
+    out: list[Task] = []
+    depth = 0
+    while len(out) < n:
+        out += [q[depth] for q in queues if depth < len(q)][: n - len(out)]
+        depth += 1
+    return out

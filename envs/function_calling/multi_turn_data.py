@@ -31,6 +31,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from envs.function_calling.bfcl_data import round_robin
 from forge_ray.types import Task
 
 ENV_NAME = "function_calling_multi_turn"
@@ -136,12 +137,4 @@ def sample_tasks(categories: tuple[str, ...], n: int, seed: int) -> list[Task]:
         tasks = load_multi_turn(category)
         rng.shuffle(tasks)
         queues.append(tasks)
-    total = sum(len(q) for q in queues)
-    if n > total:
-        raise ValueError(f"asked for {n} BFCL multi-turn tasks; categories {list(categories)} hold {total}")
-    out: list[Task] = []
-    depth = 0
-    while len(out) < n:
-        out += [q[depth] for q in queues if depth < len(q)][: n - len(out)]
-        depth += 1
-    return out
+    return round_robin(queues, n, f"BFCL multi-turn tasks; categories {list(categories)}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from envs.function_calling.bfcl_data import CATEGORIES, NON_LIVE_CATEGORIES, load_category
+from envs.function_calling.bfcl_data import CATEGORIES, NON_LIVE_CATEGORIES, load_category, round_robin
 from envs.function_calling.gold import gold_text
 from envs.function_calling.synthetic import SYNTHETIC_CATEGORIES, SyntheticTasks
 from forge_ray.types import Task
@@ -46,15 +46,7 @@ class FunctionCallingTasks:
             tasks = load_category(category)
             rng.shuffle(tasks)
             queues.append(tasks)
-        total = sum(len(q) for q in queues)
-        if n > total:
-            raise ValueError(f"asked for {n} BFCL tasks; categories {list(self.bfcl_categories)} hold {total}")
-        out: list[Task] = []
-        depth = 0
-        while len(out) < n:
-            out += [q[depth] for q in queues if depth < len(q)][: n - len(out)]
-            depth += 1
-        return out
+        return round_robin(queues, n, f"BFCL tasks; categories {list(self.bfcl_categories)}")
 
     def expert(self, task: Task) -> list[dict]:
         """The gold answer as one assistant turn (the episode ends after it)."""
