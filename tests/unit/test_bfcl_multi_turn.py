@@ -17,6 +17,7 @@ from forge_ray.chat import parse_action, render_tool_call  # noqa: E402
 from forge_ray.env.protocol import Env, TaskSource  # noqa: E402
 from forge_ray.eval.harness import replay  # noqa: E402
 from forge_ray.types import ToolCall  # noqa: E402
+from stand_ins import CharTokenizer as _CharTokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -166,22 +167,6 @@ def test_eval_cli_gold_and_empty(tmp_path, capsys):
     assert "multi_turn_miss_func" in capsys.readouterr().out
     with pytest.raises(ValueError, match="separate"):
         main(["eval", "bfcl", "--gold", "--categories", "multi_turn_base,multiple", "--out", str(gold)])
-
-
-class _CharTokenizer:
-    """Characters as ids; ``<|im_end|>`` is id 2."""
-
-    def convert_tokens_to_ids(self, token):
-        return 2
-
-    def apply_chat_template(self, messages, tools=None, add_generation_prompt=True, tokenize=False):
-        return "".join(m["content"] for m in messages)
-
-    def encode(self, text, add_special_tokens=False):
-        return [ord(c) for c in text]
-
-    def decode(self, ids, skip_special_tokens=False):
-        return "".join(chr(i) for i in ids)
 
 
 def test_agent_loop_plays_a_gold_episode_through_the_rl_path(tasks):

@@ -20,6 +20,7 @@ from envs.function_calling.multi_turn_data import ENV_NAME
 from forge_ray.chat import IM_END, render_tool_call
 from forge_ray.eval.harness import replay
 from forge_ray.types import ToolCall
+from stand_ins import CharTokenizer as _CharTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -247,22 +248,6 @@ def test_real_bfcl_names_and_questions_are_disjoint_from_the_synthetic_data(tmp_
     assert check(names, texts, bfcl_names, questions)["clean"]
     planted = check({**names, "send_message": "multi_turn"}, [*texts, ("x", f"Please: {questions[0][1]}")], bfcl_names, questions[:1])
     assert not planted["clean"] and planted["function_names"]["overlaps"][0]["name"] == "send_message"
-
-
-class _CharTokenizer:
-    """Characters as ids; ``<|im_end|>`` is id 2."""
-
-    def convert_tokens_to_ids(self, token):
-        return 2
-
-    def apply_chat_template(self, messages, tools=None, add_generation_prompt=True, tokenize=False):
-        return "".join(m["content"] for m in messages)
-
-    def encode(self, text, add_special_tokens=False):
-        return [ord(c) for c in text]
-
-    def decode(self, ids, skip_special_tokens=False):
-        return "".join(chr(i) for i in ids)
 
 
 class _TemplateTokenizer(_CharTokenizer):

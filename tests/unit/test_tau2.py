@@ -13,6 +13,7 @@ from forge_ray.env.adapters import LocalEnv  # noqa: E402
 from envs.tau2.tasks import GOLD_OPENING, gold_conversation, gold_turns, load_tasks  # noqa: E402
 from envs.tau2.users import STOP_TOKENS, ScriptedUser, UserContextExceeded  # noqa: E402
 from forge_ray.chat import parse_action  # noqa: E402
+from stand_ins import CharTokenizer as _CharTokenizer  # noqa: E402
 
 N_GOLD = 10  # gold-replayed tasks per domain
 
@@ -314,23 +315,6 @@ def test_scores_match_tau2_evaluate_simulation(conversations, tau2_evaluate_simu
 
 
 # ------------------------------------------------------------------ a model run, with a stand-in engine
-
-class _CharTokenizer:
-    """Characters as ids; ``<|im_end|>`` is id 2."""
-
-    eos_token_id, unk_token_id = 2, None
-
-    def convert_tokens_to_ids(self, token):
-        return 2
-
-    def apply_chat_template(self, messages, tools=None, add_generation_prompt=True, tokenize=False):
-        return "".join(m["content"] for m in messages)
-
-    def encode(self, text, add_special_tokens=False):
-        return [ord(c) for c in text]
-
-    def decode(self, ids, skip_special_tokens=False):
-        return "".join(chr(i) for i in ids)
 
 
 class _GoldEngine:

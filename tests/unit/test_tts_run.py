@@ -13,6 +13,7 @@ from forge_ray.tts.run import (DEFAULT_SELECTORS, TtsConfig, aggregate, all_call
                                last_text_answer, normaliser_for, plot, python_block_answer, sample_score)
 from forge_ray.tts.selectors import Candidate
 from forge_ray.types import RewardBreakdown, Status, Trajectory, Turn
+from stand_ins import CharTokenizer as _Tok
 
 
 def traj(*replies: str, index: int = 0, reward: float | None = 1.0, error: str | None = None, topk=None) -> Trajectory:
@@ -180,21 +181,6 @@ def test_cli_rejects_bad_config(capsys):
 
 
 # ---------------------------------------------------------------- the agent loop carries top-k only when asked
-
-class _Tok:
-    """Characters as ids; ``<|im_end|>`` is id 2."""
-
-    def convert_tokens_to_ids(self, token):
-        return 2
-
-    def apply_chat_template(self, messages, tools=None, add_generation_prompt=True, tokenize=False):
-        return "".join(m["content"] for m in messages)
-
-    def encode(self, text, add_special_tokens=False):
-        return [ord(c) for c in text]
-
-    def decode(self, ids, skip_special_tokens=False):
-        return "".join(chr(i) for i in ids)
 
 
 class _Env:
