@@ -390,13 +390,20 @@ def summarize(results: list[TaskResult], categories: tuple[str, ...]) -> dict[st
     return summary
 
 
-def format_table(summary: dict[str, dict[str, Any]], title: str) -> str:
+def format_table(summary: dict[str, dict[str, Any]], title: str, columns: tuple[str, ...] = ("accuracy",)) -> str:
+    """Per-category ``columns`` and ``n``, then their means over the categories (``n`` summed)."""
     width = max([len(c) for c in summary] + [len("overall (mean of categories)")])
-    lines = [title, f"{'category':<{width}}  {'accuracy':>8}  {'n':>5}", "-" * (width + 17)]
-    lines += [f"{c:<{width}}  {s['accuracy']:>8.4f}  {s['n']:>5}" for c, s in summary.items()]
+    widths = [max(8, len(k)) for k in columns]
+
+    def row(name: str, values: list[float], n: int) -> str:
+        return f"{name:<{width}}" + "".join(f"  {v:>{w}.4f}" for v, w in zip(values, widths)) + f"  {n:>5}"
+
+    rule = "-" * (width + sum(w + 2 for w in widths) + 7)
+    lines = [title, f"{'category':<{width}}" + "".join(f"  {k:>{w}}" for k, w in zip(columns, widths)) + f"  {'n':>5}", rule]
+    lines += [row(c, [s[k] for k in columns], s["n"]) for c, s in summary.items()]
     if len(summary) > 1:
-        mean = sum(s["accuracy"] for s in summary.values()) / len(summary)
-        lines += ["-" * (width + 17), f"{'overall (mean of categories)':<{width}}  {mean:>8.4f}  {sum(s['n'] for s in summary.values()):>5}"]
+        means = [sum(s[k] for s in summary.values()) / len(summary) for k in columns]
+        lines += [rule, row("overall (mean of categories)", means, sum(s["n"] for s in summary.values()))]
     return "\n".join(lines)
 
 

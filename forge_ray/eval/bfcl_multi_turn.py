@@ -134,19 +134,6 @@ def summarize(results: list[EpisodeResult], categories: tuple[str, ...]) -> dict
     return summary
 
 
-def format_table(summary: dict[str, dict[str, Any]], title: str) -> str:
-    width = max([len(c) for c in summary] + [len("overall (mean of categories)")])
-    lines = [title, f"{'category':<{width}}  {'accuracy':>8}  {'turns':>6}  {'n':>5}", "-" * (width + 25)]
-    lines += [f"{c:<{width}}  {s['accuracy']:>8.4f}  {s['turns_passed']:>6.3f}  {s['n']:>5}" for c, s in summary.items()]
-    if len(summary) > 1:
-        mean = sum(s["accuracy"] for s in summary.values()) / len(summary)
-        turns = sum(s["turns_passed"] for s in summary.values()) / len(summary)
-        lines += ["-" * (width + 25),
-                  f"{'overall (mean of categories)':<{width}}  {mean:>8.4f}  {turns:>6.3f}  {sum(s['n'] for s in summary.values()):>5}"]
-    lines.append("(turns: mean share of leading user turns the checker accepts)")
-    return "\n".join(lines)
-
-
 def run_multi_turn(cfg: BfclEvalConfig) -> dict[str, dict[str, Any]]:
     """``run_bfcl`` for multi-turn categories: run, print the table, write ``cfg.out`` and
     ``cfg.details``."""
@@ -163,7 +150,10 @@ def run_multi_turn(cfg: BfclEvalConfig) -> dict[str, dict[str, Any]]:
     results = gold_results(tasks) if cfg.gold else empty_results(tasks) if cfg.empty else model_results(cfg, tasks)
     summary = summarize(results, cfg.categories)
     source = "gold replay" if cfg.gold else "empty replay" if cfg.empty else cfg.model
-    print(format_table(summary, f"BFCL multi-turn ({source}; {len(tasks)} tasks, {time.perf_counter() - t0:.1f} s)"))
+    from forge_ray.eval.bfcl import format_table
+
+    title = f"BFCL multi-turn ({source}; {len(tasks)} tasks, {time.perf_counter() - t0:.1f} s)"
+    print(format_table(summary, title, columns=("accuracy", "turns_passed")))
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(summary, indent=2) + "\n")
