@@ -390,6 +390,20 @@ def summarize(results: list[TaskResult], categories: tuple[str, ...]) -> dict[st
     return summary
 
 
+def write_outputs(cfg: BfclEvalConfig, report: dict[str, Any], results: list[Any]) -> None:
+    """``report`` as JSON into ``cfg.out`` and one JSON line per task result into ``cfg.details``
+    (each only when set)."""
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
+        log.info("wrote %s", cfg.out)
+    if cfg.details:
+        Path(cfg.details).parent.mkdir(parents=True, exist_ok=True)
+        with open(cfg.details, "w") as f:
+            for r in results:
+                f.write(json.dumps(asdict(r)) + "\n")
+
+
 def format_table(summary: dict[str, dict[str, Any]], title: str, columns: tuple[str, ...] = ("accuracy",)) -> str:
     """Per-category ``columns`` and ``n``, then their means over the categories (``n`` summed)."""
     width = max([len(c) for c in summary] + [len("overall (mean of categories)")])
@@ -431,15 +445,7 @@ def run_bfcl(cfg: BfclEvalConfig) -> dict[str, dict[str, Any]]:
     overall = bfcl_overall(summary, score_sizes())
     print(format_table(summary, title) + "\n\n" + format_overall(overall))
     report = {**summary, "overall": overall}
-    if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
-        log.info("wrote %s", cfg.out)
-    if cfg.details:
-        Path(cfg.details).parent.mkdir(parents=True, exist_ok=True)
-        with open(cfg.details, "w") as f:
-            for r in results:
-                f.write(json.dumps(asdict(r)) + "\n")
+    write_outputs(cfg, report, results)
     if cfg.bfcl_root:
         paths = write_bfcl_results(results, cfg.categories, cfg.bfcl_root, bfcl_name)
         log.info("wrote %d BFCL result files under %s; re-score with: %s", len(paths),

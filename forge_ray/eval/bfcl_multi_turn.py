@@ -20,11 +20,9 @@ writes one JSON line per task (verdict, error, the assistant replies).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from forge_ray.types import Task
@@ -150,17 +148,9 @@ def run_multi_turn(cfg: BfclEvalConfig) -> dict[str, dict[str, Any]]:
     results = gold_results(tasks) if cfg.gold else empty_results(tasks) if cfg.empty else model_results(cfg, tasks)
     summary = summarize(results, cfg.categories)
     source = "gold replay" if cfg.gold else "empty replay" if cfg.empty else cfg.model
-    from forge_ray.eval.bfcl import format_table
+    from forge_ray.eval.bfcl import format_table, write_outputs
 
     title = f"BFCL multi-turn ({source}; {len(tasks)} tasks, {time.perf_counter() - t0:.1f} s)"
     print(format_table(summary, title, columns=("accuracy", "turns_passed")))
-    if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(summary, indent=2) + "\n")
-        log.info("wrote %s", cfg.out)
-    if cfg.details:
-        Path(cfg.details).parent.mkdir(parents=True, exist_ok=True)
-        with open(cfg.details, "w") as f:
-            for r in results:
-                f.write(json.dumps(asdict(r)) + "\n")
+    write_outputs(cfg, summary, results)
     return summary
